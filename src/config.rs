@@ -1,0 +1,399 @@
+//! Configuration: the flags of CONTRACT §6 and the typed [`Config`] they
+//! become.
+//!
+//! [`RunArgs`] is what an operator types (every flag also reads its
+//! environment variable); [`RunArgs::into_config`] checks it once at start-up
+//! and either yields a [`Config`] in which wrong states cannot be written
+//! down, or a [`ConfigError`] whose message says what to fix. Secrets are
+//! wrapped in [`SecretString`] so no Debug output can print them.
+
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::SecretString;
+
+use crate::api::{ClientSettings, Region};
+use crate::batch::{BatchSize, MAX_BATCH_SIZE};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("no SDKAppID: pass --sdkappid or set TAGSWEEP_SDKAPPID")]
+    MissingSdkAppId,
+    #[error(
+        "no credential: pass --secret-key (TAGSWEEP_SECRET_KEY) or a ready-made --usersig (TAGSWEEP_USERSIG)"
+    )]
+    MissingCredential,
+    #[error(
+        "no API endpoint: pass --region (TAGSWEEP_REGION) or --api-base-url (TAGSWEEP_API_BASE_URL)"
+    )]
+    MissingEndpoint,
+    #[error("--region: {0}")]
+    UnknownRegion(String),
+    #[error("--api-base-url {0:?} must start with http:// or https:// and carry no query")]
+    BadBaseUrl(String),
+    #[error("--batch-size {0} is out of range: the API takes 1 to {MAX_BATCH_SIZE} users per call")]
+    BadBatchSize(usize),
+    #[error("--max-calls-per-second must be at least 1")]
+    ZeroRate,
+    #[error("--identifier must not be empty")]
+    EmptyIdentifier,
+    #[error("{0} must not be empty")]
+    EmptyName(&'static str),
+}
+
+/// Names of the exchanges and queues (CONTRACT §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub exchange: String,
+    pub routing_key: String,
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology {
+            exchange: "tagsweep".into(),
+            routing_key: "remove".into(),
+            queue: "tagsweep.remove".into(),
+            dead_letter_exchange: "tagsweep.dead".into(),
+            dead_letter_queue: "tagsweep.dead".into(),
+        }
+    }
+}
+
+/// How the worker proves itself to Tencent.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// Signs its own UserSigs (preferred: they are renewed before expiry).
+    SecretKey(SecretString),
+    /// A UserSig made elsewhere; it cannot be renewed.
+    UserSig(SecretString),
+}
+
+/// The exponential retry policy for transient and rate-limited answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max_interval: Duration,
+    /// Total time spent waiting between attempts before giving up.
+    pub max_elapsed: Duration,
+}
+
+impl RetryPolicy {
+    pub fn backoff(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_jitter()
+            .with_factor(2.0)
+            .with_min_delay(self.initial)
+            .with_max_delay(self.max_interval)
+            .without_max_times()
+            .with_total_delay(Some(self.max_elapsed))
+            .build()
+    }
+}
+
+/// Everything `tagsweep run` needs, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub amqp_url: SecretString,
+    pub database_url: SecretString,
+    pub api: ClientSettings,
+    /// Where to go when the primary cannot be resolved or reached.
+    pub api_backup_url: Option<String>,
+    pub credential: Credential,
+    pub topology: Topology,
+    pub max_calls_per_second: u32,
+    /// Added to the one-second window, against network jitter.
+    pub pacing_margin: Duration,
+    pub batch_size: BatchSize,
+    pub batch_linger: Duration,
+    pub retry: RetryPolicy,
+    /// Unacknowledged deliveries the broker may push to this worker.
+    pub prefetch: u16,
+    /// HTTP calls in flight at once.
+    pub max_in_flight: usize,
+    /// How long shutdown waits for calls in flight before returning their jobs.
+    pub shutdown_grace: Duration,
+    pub usersig_validity: Duration,
+}
+
+/// Flags of `tagsweep run` (CONTRACT §6), each also read from its env var.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Region of the SDKAppID: china, singapore, seoul, tokyo, frankfurt, silicon-valley, jakarta.
+    #[arg(long, env = "TAGSWEEP_REGION")]
+    pub region: Option<String>,
+    /// Overrides the region's domain, e.g. http://127.0.0.1:8080 for the simulator.
+    #[arg(long, env = "TAGSWEEP_API_BASE_URL")]
+    pub api_base_url: Option<String>,
+    /// Fallback for --api-base-url when it cannot be reached (the region's backup domain otherwise).
+    #[arg(long, env = "TAGSWEEP_API_BACKUP_URL")]
+    pub api_backup_url: Option<String>,
+    #[arg(long, env = "TAGSWEEP_SDKAPPID")]
+    pub sdkappid: Option<u64>,
+    /// App admin account the calls are made as.
+    #[arg(long, env = "TAGSWEEP_IDENTIFIER", default_value = "administrator")]
+    pub identifier: String,
+    #[arg(long, env = "TAGSWEEP_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    #[arg(long, env = "TAGSWEEP_USERSIG", hide_env_values = true)]
+    pub usersig: Option<String>,
+
+    #[arg(long, env = "TAGSWEEP_MAX_CALLS_PER_SECOND", default_value_t = 100)]
+    pub max_calls_per_second: u32,
+    /// Widens the one-second pacing window against network jitter.
+    #[arg(long, env = "TAGSWEEP_PACING_MARGIN_MS", default_value_t = 10)]
+    pub pacing_margin_ms: u64,
+    /// Users per API call, at most 100.
+    #[arg(long, env = "TAGSWEEP_BATCH_SIZE", default_value_t = MAX_BATCH_SIZE)]
+    pub batch_size: usize,
+    /// How long a part-filled batch waits for more jobs.
+    #[arg(long, env = "TAGSWEEP_BATCH_LINGER_MS", default_value_t = 50)]
+    pub batch_linger_ms: u64,
+    #[arg(long, env = "TAGSWEEP_RETRY_INITIAL_MS", default_value_t = 500)]
+    pub retry_initial_ms: u64,
+    #[arg(long, env = "TAGSWEEP_RETRY_MAX_INTERVAL_MS", default_value_t = 60_000)]
+    pub retry_max_interval_ms: u64,
+    /// Total backoff before a transient failure becomes a dead letter.
+    #[arg(long, env = "TAGSWEEP_RETRY_MAX_ELAPSED_MS", default_value_t = 900_000)]
+    pub retry_max_elapsed_ms: u64,
+    #[arg(long, env = "TAGSWEEP_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Deliveries held at once; enough to keep every call slot busy.
+    #[arg(long, env = "TAGSWEEP_PREFETCH", default_value_t = 5000)]
+    pub prefetch: u16,
+    #[arg(long, env = "TAGSWEEP_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+    #[arg(long, env = "TAGSWEEP_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Where the broker is and what the topology is called; shared by every
+/// command that talks to RabbitMQ.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+    #[arg(long, env = "TAGSWEEP_EXCHANGE", default_value = "tagsweep")]
+    pub exchange: String,
+    #[arg(long, env = "TAGSWEEP_ROUTING_KEY", default_value = "remove")]
+    pub routing_key: String,
+    #[arg(long, env = "TAGSWEEP_QUEUE", default_value = "tagsweep.remove")]
+    pub queue: String,
+    #[arg(
+        long,
+        env = "TAGSWEEP_DEAD_LETTER_EXCHANGE",
+        default_value = "tagsweep.dead"
+    )]
+    pub dead_letter_exchange: String,
+    #[arg(
+        long,
+        env = "TAGSWEEP_DEAD_LETTER_QUEUE",
+        default_value = "tagsweep.dead"
+    )]
+    pub dead_letter_queue: String,
+}
+
+impl BrokerArgs {
+    pub fn topology(&self) -> Result<Topology, ConfigError> {
+        let topology = Topology {
+            exchange: self.exchange.clone(),
+            routing_key: self.routing_key.clone(),
+            queue: self.queue.clone(),
+            dead_letter_exchange: self.dead_letter_exchange.clone(),
+            dead_letter_queue: self.dead_letter_queue.clone(),
+        };
+        for (flag, name) in [
+            ("--exchange", &topology.exchange),
+            ("--queue", &topology.queue),
+            ("--dead-letter-exchange", &topology.dead_letter_exchange),
+            ("--dead-letter-queue", &topology.dead_letter_queue),
+        ] {
+            if name.is_empty() {
+                return Err(ConfigError::EmptyName(flag));
+            }
+        }
+        Ok(topology)
+    }
+}
+
+fn check_base_url(url: &str) -> Result<String, ConfigError> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let ok = (trimmed.starts_with("http://") || trimmed.starts_with("https://"))
+        && !trimmed.contains('?');
+    if ok {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(ConfigError::BadBaseUrl(url.to_owned()))
+    }
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let sdkappid = self.sdkappid.ok_or(ConfigError::MissingSdkAppId)?;
+        let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+        let credential = match (non_empty(self.secret_key), non_empty(self.usersig)) {
+            (Some(key), _) => Credential::SecretKey(SecretString::from(key)),
+            (None, Some(sig)) => Credential::UserSig(SecretString::from(sig)),
+            (None, None) => return Err(ConfigError::MissingCredential),
+        };
+        let region = match non_empty(self.region) {
+            Some(name) => Some(name.parse::<Region>().map_err(ConfigError::UnknownRegion)?),
+            None => None,
+        };
+        let (base_url, backup) = match (non_empty(self.api_base_url), region) {
+            (Some(url), _) => (check_base_url(&url)?, None),
+            (None, Some(region)) => (
+                region.base_url(),
+                Some(format!("https://{}", region.backup_domain())),
+            ),
+            (None, None) => return Err(ConfigError::MissingEndpoint),
+        };
+        let api_backup_url = match non_empty(self.api_backup_url) {
+            Some(url) => Some(check_base_url(&url)?),
+            None => backup,
+        };
+        let batch_size =
+            BatchSize::new(self.batch_size).ok_or(ConfigError::BadBatchSize(self.batch_size))?;
+        if self.max_calls_per_second == 0 {
+            return Err(ConfigError::ZeroRate);
+        }
+        if self.identifier.trim().is_empty() {
+            return Err(ConfigError::EmptyIdentifier);
+        }
+        let ms = Duration::from_millis;
+        Ok(Config {
+            amqp_url: SecretString::from(self.broker.amqp_url.clone()),
+            database_url: SecretString::from(self.database_url),
+            api: ClientSettings {
+                base_url,
+                sdkappid,
+                identifier: self.identifier,
+                request_timeout: ms(self.request_timeout_ms.max(1)),
+            },
+            api_backup_url,
+            credential,
+            topology: self.broker.topology()?,
+            max_calls_per_second: self.max_calls_per_second,
+            pacing_margin: ms(self.pacing_margin_ms),
+            batch_size,
+            batch_linger: ms(self.batch_linger_ms),
+            retry: RetryPolicy {
+                initial: ms(self.retry_initial_ms.max(1)),
+                max_interval: ms(self.retry_max_interval_ms.max(self.retry_initial_ms).max(1)),
+                max_elapsed: ms(self.retry_max_elapsed_ms),
+            },
+            prefetch: self.prefetch.max(1),
+            max_in_flight: self.max_in_flight.max(1),
+            shutdown_grace: ms(self.shutdown_grace_ms),
+            usersig_validity: crate::usersig::DEFAULT_VALIDITY,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["tagsweep"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv)
+            .expect("flags parse")
+            .run
+            .into_config()
+    }
+
+    // Env vars would leak into these tests; the flags below set every field that matters.
+    #[test]
+    fn start_up_refuses_with_what_to_fix() {
+        if std::env::vars().any(|(k, _)| k.starts_with("TAGSWEEP_")) {
+            return; // A developer's environment is configured; the flag checks below assume none.
+        }
+        assert_eq!(
+            parse(&["--secret-key", "k", "--region", "china"]).unwrap_err(),
+            ConfigError::MissingSdkAppId
+        );
+        assert_eq!(
+            parse(&["--sdkappid", "1", "--region", "china"]).unwrap_err(),
+            ConfigError::MissingCredential
+        );
+        assert_eq!(
+            parse(&["--sdkappid", "1", "--secret-key", "k"]).unwrap_err(),
+            ConfigError::MissingEndpoint
+        );
+        assert!(matches!(
+            parse(&["--sdkappid", "1", "--secret-key", "k", "--region", "mars"]),
+            Err(ConfigError::UnknownRegion(_))
+        ));
+        let err = parse(&[
+            "--sdkappid",
+            "1",
+            "--secret-key",
+            "k",
+            "--region",
+            "china",
+            "--batch-size",
+            "101",
+        ])
+        .unwrap_err();
+        assert_eq!(err, ConfigError::BadBatchSize(101));
+        assert!(err.to_string().contains("1 to 100"));
+    }
+
+    #[test]
+    fn region_gives_both_domains_and_base_url_overrides() {
+        if std::env::vars().any(|(k, _)| k.starts_with("TAGSWEEP_")) {
+            return;
+        }
+        let config = parse(&["--sdkappid", "1", "--secret-key", "k", "--region", "tokyo"]).unwrap();
+        assert_eq!(config.api.base_url, "https://adminapijpn.im.qcloud.com");
+        assert_eq!(
+            config.api_backup_url.as_deref(),
+            Some("https://adminapijpn.my-imcloud.com")
+        );
+        let config = parse(&[
+            "--sdkappid",
+            "1",
+            "--usersig",
+            "s",
+            "--region",
+            "tokyo",
+            "--api-base-url",
+            "http://127.0.0.1:9/",
+        ])
+        .unwrap();
+        assert_eq!(config.api.base_url, "http://127.0.0.1:9");
+        assert_eq!(config.api_backup_url, None);
+        assert!(matches!(config.credential, Credential::UserSig(_)));
+        assert!(
+            !format!("{config:?}").contains("\"s\""),
+            "Debug must not print the UserSig"
+        );
+    }
+}

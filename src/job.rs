@@ -1,0 +1,350 @@
+//! The job message: parsing and validation (CONTRACT §2).
+//!
+//! A job asks to remove some tags from one user. Everything that arrives on
+//! the queue goes through [`parse`], which never fails: it yields either a
+//! [`Job`] that is fit for the API, or an [`InvalidJob`] that carries the
+//! rule it broke, in words, for the dead-letter headers and the job table.
+
+use serde_json::Value;
+
+/// A body larger than this is invalid without being parsed.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+pub const MAX_JOB_ID_BYTES: usize = 128;
+pub const MAX_ACCOUNT_BYTES: usize = 32;
+pub const MAX_TAGS_PER_JOB: usize = 100;
+pub const MAX_TAG_BYTES: usize = 50;
+/// Tags per `UserTags` entry; a job with more travels in several calls.
+pub const MAX_TAGS_PER_ENTRY: usize = 10;
+
+/// Where the job id came from. Only an id the producer chose lets a
+/// redelivery be recognised as the same job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdSource {
+    Body,
+    MessageId,
+    Assigned,
+}
+
+/// A valid job: an account and 1..=100 distinct tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: String,
+    pub id_source: IdSource,
+    pub account: String,
+    /// Distinct, in the order first given.
+    pub tags: Vec<String>,
+}
+
+impl Job {
+    /// The tags in API-sized parts of at most [`MAX_TAGS_PER_ENTRY`].
+    pub fn parts(&self) -> impl Iterator<Item = &[String]> {
+        self.tags.chunks(MAX_TAGS_PER_ENTRY)
+    }
+}
+
+/// A message that broke CONTRACT §2. It is dead-lettered, never sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidJob {
+    pub id: String,
+    pub id_source: IdSource,
+    /// The account when it could be read, for the audit trail.
+    pub account: Option<String>,
+    /// The tags that could be read (possibly none).
+    pub tags: Vec<String>,
+    /// Which rule was broken, in words.
+    pub reason: String,
+}
+
+/// Parses a message body. `message_id` is the AMQP property, the fallback id.
+pub fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, InvalidJob> {
+    let fallback_id =
+        || match message_id.filter(|id| !id.is_empty() && id.len() <= MAX_JOB_ID_BYTES) {
+            Some(id) => (id.to_owned(), IdSource::MessageId),
+            None => (uuid::Uuid::new_v4().to_string(), IdSource::Assigned),
+        };
+    let invalid = |(id, id_source): (String, IdSource),
+                   account: Option<String>,
+                   tags: Vec<String>,
+                   reason: String| {
+        InvalidJob {
+            id,
+            id_source,
+            account,
+            tags,
+            reason,
+        }
+    };
+
+    if body.len() > MAX_BODY_BYTES {
+        let reason = format!(
+            "body is {} bytes; at most {MAX_BODY_BYTES} are accepted",
+            body.len()
+        );
+        return Err(invalid(fallback_id(), None, Vec::new(), reason));
+    }
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => text,
+        Err(e) => {
+            return Err(invalid(
+                fallback_id(),
+                None,
+                Vec::new(),
+                format!("body is not UTF-8: {e}"),
+            ));
+        }
+    };
+    let object = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(object)) => object,
+        Ok(other) => {
+            let reason = format!("body must be a JSON object, not {}", kind(&other));
+            return Err(invalid(fallback_id(), None, Vec::new(), reason));
+        }
+        Err(e) => {
+            return Err(invalid(
+                fallback_id(),
+                None,
+                Vec::new(),
+                format!("body is not JSON: {e}"),
+            ));
+        }
+    };
+
+    // Read everything that can be read before judging, so an invalid job's
+    // row says as much as possible about it.
+    let id = match object.get("job_id") {
+        None | Some(Value::Null) => Ok(fallback_id()),
+        Some(Value::String(id)) if id.is_empty() => Err("job_id must not be empty".to_owned()),
+        Some(Value::String(id)) if id.len() > MAX_JOB_ID_BYTES => Err(format!(
+            "job_id is {} bytes; at most {MAX_JOB_ID_BYTES}",
+            id.len()
+        )),
+        Some(Value::String(id)) => Ok((id.clone(), IdSource::Body)),
+        Some(other) => Err(format!("job_id must be a string, not {}", kind(other))),
+    };
+    let account = match object.get("account") {
+        None | Some(Value::Null) => Err("account is required".to_owned()),
+        Some(Value::String(a)) if a.is_empty() => Err("account must not be empty".to_owned()),
+        Some(Value::String(a)) if a.len() > MAX_ACCOUNT_BYTES => Err(format!(
+            "account is {} bytes; a UserID is at most {MAX_ACCOUNT_BYTES}",
+            a.len()
+        )),
+        Some(Value::String(a)) => Ok(a.clone()),
+        Some(other) => Err(format!("account must be a string, not {}", kind(other))),
+    };
+    let tags = read_tags(object.get("tags"));
+
+    let readable_account = account.as_ref().ok().cloned();
+    let readable_tags = match &tags {
+        Ok(tags) => tags.clone(),
+        Err((_, partial)) => partial.clone(),
+    };
+    match (id, account, tags) {
+        (Ok((id, id_source)), Ok(account), Ok(tags)) => Ok(Job {
+            id,
+            id_source,
+            account,
+            tags,
+        }),
+        (id, account, tags) => {
+            let reasons: Vec<String> = [
+                id.as_ref().err(),
+                account.as_ref().err(),
+                tags.as_ref().err().map(|(r, _)| r),
+            ]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+            let id = id.unwrap_or_else(|_| fallback_id());
+            Err(invalid(
+                id,
+                readable_account,
+                readable_tags,
+                reasons.join("; "),
+            ))
+        }
+    }
+}
+
+/// Reads `tags`: 1..=100 distinct non-empty strings of at most 50 bytes.
+/// On error also returns the tags that were readable.
+fn read_tags(value: Option<&Value>) -> Result<Vec<String>, (String, Vec<String>)> {
+    let items = match value {
+        None | Some(Value::Null) => return Err(("tags is required".to_owned(), Vec::new())),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err((
+                format!("tags must be an array of strings, not {}", kind(other)),
+                Vec::new(),
+            ));
+        }
+    };
+    let mut tags: Vec<String> = Vec::with_capacity(items.len().min(MAX_TAGS_PER_JOB));
+    // A 64 KiB body can hold thousands of tags: keep duplicate detection linear.
+    let mut seen = std::collections::HashSet::with_capacity(items.len().min(1024));
+    let mut problems = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Value::String(t) if t.is_empty() => problems.push(format!("tags[{i}] is empty")),
+            Value::String(t) if t.len() > MAX_TAG_BYTES => problems.push(format!(
+                "tags[{i}] is {} bytes; a tag is at most {MAX_TAG_BYTES}",
+                t.len()
+            )),
+            Value::String(t) => {
+                if seen.insert(t.as_str()) {
+                    tags.push(t.clone());
+                }
+            }
+            other => problems.push(format!("tags[{i}] must be a string, not {}", kind(other))),
+        }
+    }
+    if tags.is_empty() && problems.is_empty() {
+        problems.push("tags must hold at least one tag".to_owned());
+    }
+    if tags.len() > MAX_TAGS_PER_JOB {
+        problems.push(format!(
+            "{} distinct tags; a job holds at most {MAX_TAGS_PER_JOB}",
+            tags.len()
+        ));
+    }
+    if problems.is_empty() {
+        Ok(tags)
+    } else {
+        // Keep error_info readable even for a body with thousands of bad tags.
+        let more = problems.len().saturating_sub(3);
+        problems.truncate(3);
+        if more > 0 {
+            problems.push(format!("and {more} more"));
+        }
+        Err((problems.join(", "), tags))
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(body: &str) -> Job {
+        parse(body.as_bytes(), None).expect("valid")
+    }
+
+    fn reason(body: &[u8]) -> String {
+        parse(body, Some("m-1")).expect_err("invalid").reason
+    }
+
+    #[test]
+    fn reads_the_contract_example() {
+        let job = ok(
+            r#"{"job_id": "evt-8f2c-0001", "account": "xiaojun012", "tags": ["a", "b"], "extra": 1}"#,
+        );
+        assert_eq!(job.id, "evt-8f2c-0001");
+        assert_eq!(job.id_source, IdSource::Body);
+        assert_eq!(job.account, "xiaojun012");
+        assert_eq!(job.tags, ["a", "b"]);
+    }
+
+    #[test]
+    fn id_falls_back_to_message_id_then_uuid() {
+        let body = br#"{"account": "u", "tags": ["a"]}"#;
+        let job = parse(body, Some("m-7")).unwrap();
+        assert_eq!(
+            (job.id.as_str(), job.id_source),
+            ("m-7", IdSource::MessageId)
+        );
+        let job = parse(body, None).unwrap();
+        assert_eq!(job.id_source, IdSource::Assigned);
+        assert!(uuid::Uuid::parse_str(&job.id).is_ok());
+    }
+
+    #[test]
+    fn duplicate_tags_collapse_before_counting() {
+        let tags: Vec<String> = (0..150).map(|i| format!("t{}", i % 100)).collect();
+        let body = serde_json::json!({"account": "u", "tags": tags}).to_string();
+        assert_eq!(ok(&body).tags.len(), 100);
+        let job = ok(r#"{"account": "u", "tags": ["a", "b", "a"]}"#);
+        assert_eq!(job.tags, ["a", "b"]);
+    }
+
+    #[test]
+    fn parts_hold_at_most_ten_tags() {
+        let tags: Vec<String> = (0..25).map(|i| format!("t{i}")).collect();
+        let job = ok(&serde_json::json!({"account": "u", "tags": tags}).to_string());
+        let sizes: Vec<usize> = job.parts().map(<[String]>::len).collect();
+        assert_eq!(sizes, [10, 10, 5]);
+    }
+
+    #[test]
+    fn every_broken_rule_is_named() {
+        assert!(reason(b"\xff\xfe").contains("not UTF-8"));
+        assert!(reason(b"{nope").contains("not JSON"));
+        assert!(reason(b"[1]").contains("must be a JSON object"));
+        assert!(reason(br#"{"tags": ["a"]}"#).contains("account is required"));
+        assert!(reason(br#"{"account": "", "tags": ["a"]}"#).contains("account must not be empty"));
+        assert!(reason(br#"{"account": 12, "tags": ["a"]}"#).contains("account must be a string"));
+        let long = "x".repeat(33);
+        assert!(
+            reason(format!(r#"{{"account": "{long}", "tags": ["a"]}}"#).as_bytes())
+                .contains("at most 32")
+        );
+        assert!(reason(br#"{"account": "u"}"#).contains("tags is required"));
+        assert!(reason(br#"{"account": "u", "tags": []}"#).contains("at least one tag"));
+        assert!(reason(br#"{"account": "u", "tags": "a"}"#).contains("must be an array"));
+        assert!(
+            reason(br#"{"account": "u", "tags": ["a", 3]}"#).contains("tags[1] must be a string")
+        );
+        assert!(reason(br#"{"account": "u", "tags": [""]}"#).contains("tags[0] is empty"));
+        let tag = "t".repeat(51);
+        assert!(
+            reason(format!(r#"{{"account": "u", "tags": ["{tag}"]}}"#).as_bytes())
+                .contains("at most 50")
+        );
+        let many: Vec<String> = (0..101).map(|i| format!("t{i}")).collect();
+        let body = serde_json::json!({"account": "u", "tags": many}).to_string();
+        assert!(reason(body.as_bytes()).contains("101 distinct tags"));
+        assert!(
+            reason(br#"{"job_id": "", "account": "u", "tags": ["a"]}"#)
+                .contains("job_id must not be empty")
+        );
+        let id = "j".repeat(129);
+        assert!(
+            reason(format!(r#"{{"job_id": "{id}", "account": "u", "tags": ["a"]}}"#).as_bytes())
+                .contains("job_id is 129")
+        );
+        assert!(
+            reason(br#"{"job_id": 5, "account": "u", "tags": ["a"]}"#)
+                .contains("job_id must be a string")
+        );
+    }
+
+    #[test]
+    fn oversized_body_is_refused_unread_under_the_message_id() {
+        let mut body = br#"{"account": "u", "tags": ["a"], "pad": ""#.to_vec();
+        body.resize(MAX_BODY_BYTES + 1, b'x');
+        let invalid = parse(&body, Some("m-big")).unwrap_err();
+        assert_eq!(invalid.id, "m-big");
+        assert!(invalid.reason.contains("65537 bytes"));
+    }
+
+    #[test]
+    fn invalid_job_keeps_what_could_be_read() {
+        let invalid = parse(
+            br#"{"job_id": "j1", "account": "u", "tags": ["ok", ""]}"#,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(invalid.id, "j1");
+        assert_eq!(invalid.account.as_deref(), Some("u"));
+        assert_eq!(invalid.tags, ["ok"]);
+    }
+}

@@ -1,0 +1,308 @@
+//! RabbitMQ: topology, the consumer side's acknowledgements, and dead letters.
+//!
+//! The broker is where a job lives until the worker has recorded its
+//! outcome, so this module is mostly about *when* a message may leave:
+//!
+//! - [`declare`] makes the CONTRACT §3 topology, idempotently;
+//! - [`AckTracker`] decides which deliveries can be acknowledged with one
+//!   `multiple` ack (only those below the oldest delivery still in work);
+//! - [`DeadLetters`] publishes failed jobs to the dead-letter exchange with
+//!   the `x-tagsweep-*` headers and waits for the broker's confirms, so the
+//!   original is acknowledged only once its dead letter is safe.
+
+use std::collections::BTreeSet;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::Topology;
+
+/// Deliveries after which the broker itself dead-letters a message (a guard
+/// against a job that crashes every worker that takes it).
+pub const DELIVERY_LIMIT: i32 = 20;
+
+pub const HEADER_JOB_ID: &str = "x-tagsweep-job-id";
+pub const HEADER_ERROR_CODE: &str = "x-tagsweep-error-code";
+pub const HEADER_ERROR_INFO: &str = "x-tagsweep-error-info";
+pub const HEADER_ATTEMPTS: &str = "x-tagsweep-attempts";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ refused to confirm the dead letter of job {0}")]
+    NotConfirmed(String),
+}
+
+/// Connects to the broker. The URL may hold a password: it is never logged.
+pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, QueueError> {
+    let properties =
+        ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
+    Ok(Connection::connect(url.expose_secret(), properties).await?)
+}
+
+/// Declares the exchanges and queues of CONTRACT §3 and binds them. Safe to
+/// run from every worker at every start; a queue that exists with other
+/// arguments makes the broker refuse, and that error says so.
+pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), QueueError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            topology.exchange.as_str().into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            topology.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+
+    let queue_options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()),
+    );
+    arguments.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongInt(DELIVERY_LIMIT),
+    );
+    channel
+        .queue_declare(topology.queue.as_str().into(), queue_options, arguments)
+        .await?;
+    channel
+        .queue_bind(
+            topology.queue.as_str().into(),
+            topology.exchange.as_str().into(),
+            topology.routing_key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    channel
+        .queue_declare(
+            topology.dead_letter_queue.as_str().into(),
+            queue_options,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            topology.dead_letter_queue.as_str().into(),
+            topology.dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// What to acknowledge after some deliveries finished.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AckPlan {
+    /// One `multiple` ack up to and including this tag.
+    pub up_to: Option<u64>,
+    /// Tags above a delivery still in work: acknowledged one by one.
+    pub singles: Vec<u64>,
+}
+
+/// The delivery tags this worker holds and has not settled.
+///
+/// A `multiple` ack settles every unacknowledged tag at or below it, so it
+/// is only safe below the oldest delivery still in work.
+#[derive(Debug, Default)]
+pub struct AckTracker {
+    in_work: BTreeSet<u64>,
+}
+
+impl AckTracker {
+    pub fn hold(&mut self, tag: u64) {
+        self.in_work.insert(tag);
+    }
+
+    pub fn len(&self) -> usize {
+        self.in_work.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.in_work.is_empty()
+    }
+
+    /// Marks `tags` done and says how to acknowledge them.
+    pub fn settle(&mut self, tags: &[u64]) -> AckPlan {
+        for tag in tags {
+            self.in_work.remove(tag);
+        }
+        let oldest_in_work = self.in_work.first().copied().unwrap_or(u64::MAX);
+        let mut plan = AckPlan::default();
+        for &tag in tags {
+            if tag < oldest_in_work {
+                plan.up_to = Some(plan.up_to.map_or(tag, |t| t.max(tag)));
+            } else {
+                plan.singles.push(tag);
+            }
+        }
+        plan.singles.sort_unstable();
+        plan
+    }
+
+    /// Forgets every held tag (they are being returned) and yields them.
+    pub fn release_all(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.in_work).into_iter().collect()
+    }
+}
+
+/// A job to dead-letter: the original message plus why it failed.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub job_id: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+    pub error_code: i32,
+    pub error_info: String,
+    pub attempts: i32,
+}
+
+/// Publishes dead letters on a channel in confirm mode.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    channel: Channel,
+    exchange: String,
+}
+
+impl DeadLetters {
+    pub async fn open(connection: &Connection, exchange: &str) -> Result<Self, QueueError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(DeadLetters {
+            channel,
+            exchange: exchange.to_owned(),
+        })
+    }
+
+    /// Publishes every letter, then waits for each confirm. Any refusal
+    /// fails the whole call: the caller then acknowledges none of them.
+    pub async fn publish(&self, letters: &[DeadLetter]) -> Result<(), QueueError> {
+        let mut pending = Vec::with_capacity(letters.len());
+        for letter in letters {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    letter.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &letter.body,
+                    with_failure_headers(letter),
+                )
+                .await?;
+            pending.push((confirm, &letter.job_id));
+        }
+        for (confirm, job_id) in pending {
+            if !confirm.await?.is_ack() {
+                return Err(QueueError::NotConfirmed(job_id.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The original properties with the CONTRACT §3 headers added.
+fn with_failure_headers(letter: &DeadLetter) -> BasicProperties {
+    let mut headers = letter.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        HEADER_JOB_ID.into(),
+        AMQPValue::LongString(letter.job_id.as_str().into()),
+    );
+    headers.insert(
+        HEADER_ERROR_CODE.into(),
+        AMQPValue::LongInt(letter.error_code),
+    );
+    headers.insert(
+        HEADER_ERROR_INFO.into(),
+        AMQPValue::LongString(letter.error_info.as_str().into()),
+    );
+    headers.insert(HEADER_ATTEMPTS.into(), AMQPValue::LongInt(letter.attempts));
+    letter.properties.clone().with_headers(headers)
+}
+
+/// Reads a string header (LongString or ShortString).
+pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from(name))? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Reads an integer header of any width.
+pub fn header_int(properties: &BasicProperties, name: &str) -> Option<i64> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from(name))? {
+        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+        AMQPValue::LongLongInt(v) => Some(*v),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiple_ack_only_below_the_oldest_in_work() {
+        let mut tracker = AckTracker::default();
+        for tag in 1..=6 {
+            tracker.hold(tag);
+        }
+        // 3 is still in work: 1 and 2 go as one multiple ack, 5 alone.
+        assert_eq!(
+            tracker.settle(&[1, 2, 5]),
+            AckPlan {
+                up_to: Some(2),
+                singles: vec![5]
+            }
+        );
+        // Once 3 and 4 finish, everything left below 6 can go at once.
+        assert_eq!(
+            tracker.settle(&[4, 3]),
+            AckPlan {
+                up_to: Some(4),
+                singles: vec![]
+            }
+        );
+        assert_eq!(tracker.release_all(), vec![6]);
+        assert!(tracker.is_empty());
+    }
+}

@@ -1,0 +1,431 @@
+//! A local stand-in for Tencent's `im_remove_tag` endpoint.
+//!
+//! It is as strict as the published rules allow, so that a worker that
+//! passes against it has a fair chance against the real thing: it checks
+//! the five query parameters, verifies the UserSig with the secret key,
+//! enforces the call rate over a sliding one-second window (refused calls
+//! count too), the 100-entry ceiling, one entry per account, ten tags per
+//! entry and the tag sizes. It keeps each user's tags, so effects can be
+//! read back, and a log of every call, so tests can judge pacing and batch
+//! shapes from the server's side. Tests and the demo use it; production
+//! never does.
+//!
+//! Endpoints: `POST /v4/all_member_push/im_remove_tag` and `im_add_tag`
+//! (Tencent's shapes), `GET /sim/users/{account}` (a user's tags),
+//! `GET /sim/stats` (counts, peak calls per second, rule violations).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::job::{MAX_ACCOUNT_BYTES, MAX_TAG_BYTES, MAX_TAGS_PER_ENTRY};
+use crate::usersig::{self, VerifyError};
+
+/// How the simulated app is set up.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub sdkappid: u64,
+    pub secret_key: SecretString,
+    /// Accounts with admin rights; others get 90009.
+    pub admins: Vec<String>,
+    /// Calls allowed in any one-second window; more get 60007.
+    pub max_calls_per_second: u32,
+    /// Added to every answer, with up to `jitter` more or less.
+    pub latency: Duration,
+    pub jitter: Duration,
+}
+
+impl SimConfig {
+    pub fn new(sdkappid: u64, secret_key: impl Into<String>) -> Self {
+        SimConfig {
+            sdkappid,
+            secret_key: SecretString::from(secret_key.into()),
+            admins: vec!["administrator".into(), "admin".into()],
+            max_calls_per_second: 100,
+            latency: Duration::ZERO,
+            jitter: Duration::ZERO,
+        }
+    }
+}
+
+/// One call as the simulator saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SeenCall {
+    #[serde(skip)]
+    pub arrived: Instant,
+    pub entries: usize,
+    pub accounts: Vec<String>,
+    pub error_code: i64,
+}
+
+/// Counts a test or an operator reads back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    pub calls: u64,
+    pub succeeded: u64,
+    pub failed_by_code: std::collections::BTreeMap<i64, u64>,
+    /// The most calls that arrived in any one-second window.
+    pub peak_calls_per_second: u64,
+    pub max_entries_in_a_call: u64,
+    /// Calls that broke a rule a correct client never breaks.
+    pub oversized_calls: u64,
+    pub repeated_account_calls: u64,
+    /// Successful (account, tag) removals, and how many of them were asked more than once.
+    pub removals: u64,
+    pub repeated_removals: u64,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Each user's current tags.
+    tags: HashMap<String, BTreeSet<String>>,
+    /// How often each (account, tag) removal succeeded.
+    removed: HashMap<(String, String), u32>,
+    calls: Vec<SeenCall>,
+    /// Arrival times in the last second, for the rate check.
+    window: std::collections::VecDeque<Instant>,
+}
+
+/// The simulator's shared state; clone it freely.
+#[derive(Debug, Clone)]
+pub struct Simulator {
+    config: Arc<SimConfig>,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub simulator: Simulator,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Simulator {
+    pub fn new(config: SimConfig) -> Self {
+        Simulator {
+            config: Arc::new(config),
+            ledger: Arc::default(),
+        }
+    }
+
+    /// Serves on `addr` (port 0 picks a free one) until dropped.
+    pub async fn spawn(self, addr: SocketAddr) -> std::io::Result<Running> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let app = self.router();
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!("simulator stopped: {error}");
+            }
+        });
+        Ok(Running {
+            addr,
+            simulator: self,
+            task,
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v4/all_member_push/im_remove_tag", post(remove_tag))
+            .route("/v4/all_member_push/im_add_tag", post(add_tag))
+            .route("/sim/users/{account}", get(user_tags))
+            .route("/sim/stats", get(stats))
+            .route("/healthz", get(|| async { "ok" }))
+            .with_state(self.clone())
+    }
+
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Gives users tags, as `im_add_tag` would.
+    pub fn add_tags<'a>(&self, account: &str, tags: impl IntoIterator<Item = &'a str>) {
+        let mut ledger = self.ledger();
+        ledger
+            .tags
+            .entry(account.to_owned())
+            .or_default()
+            .extend(tags.into_iter().map(str::to_owned));
+    }
+
+    pub fn tags_of(&self, account: &str) -> BTreeSet<String> {
+        self.ledger().tags.get(account).cloned().unwrap_or_default()
+    }
+
+    /// How many times the removal of this tag from this account succeeded.
+    pub fn removal_count(&self, account: &str, tag: &str) -> u32 {
+        self.ledger()
+            .removed
+            .get(&(account.to_owned(), tag.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn calls(&self) -> Vec<SeenCall> {
+        self.ledger().calls.clone()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let ledger = self.ledger();
+        let mut stats = Stats {
+            calls: ledger.calls.len() as u64,
+            ..Stats::default()
+        };
+        for call in &ledger.calls {
+            if call.error_code == 0 {
+                stats.succeeded += 1;
+            } else {
+                *stats.failed_by_code.entry(call.error_code).or_default() += 1;
+            }
+            stats.max_entries_in_a_call = stats.max_entries_in_a_call.max(call.entries as u64);
+            if call.entries > crate::batch::MAX_BATCH_SIZE {
+                stats.oversized_calls += 1;
+            }
+            let distinct: BTreeSet<&String> = call.accounts.iter().collect();
+            if distinct.len() != call.accounts.len() {
+                stats.repeated_account_calls += 1;
+            }
+        }
+        let arrivals: Vec<Instant> = ledger.calls.iter().map(|c| c.arrived).collect();
+        stats.peak_calls_per_second =
+            crate::limit::peak_in_window(&arrivals, Duration::from_secs(1)) as u64;
+        stats.removals = ledger.removed.len() as u64;
+        stats.repeated_removals = ledger.removed.values().filter(|&&n| n > 1).count() as u64;
+        stats
+    }
+
+    /// Judges one request; returns (ErrorCode, ErrorInfo). Applies it on success.
+    fn judge(
+        &self,
+        query: &HashMap<String, String>,
+        body: &[u8],
+        arrived: Instant,
+    ) -> (i64, String) {
+        let config = &self.config;
+        // Every arrival counts toward the rate, refused or not, as Tencent's does.
+        {
+            let mut ledger = self.ledger();
+            while ledger
+                .window
+                .front()
+                .is_some_and(|t| arrived.duration_since(*t) >= Duration::from_secs(1))
+            {
+                ledger.window.pop_front();
+            }
+            ledger.window.push_back(arrived);
+            if ledger.window.len() > config.max_calls_per_second as usize {
+                return (60007, "REST API call frequency exceeds the limit".into());
+            }
+        }
+        let param = |name: &str| query.get(name).map(String::as_str);
+        let (Some(sdkappid), Some(identifier)) = (param("sdkappid"), param("identifier")) else {
+            return (60012, "the request needs sdkappid and identifier".into());
+        };
+        if sdkappid.parse::<u64>().ok() != Some(config.sdkappid) {
+            return (70016, format!("SDKAppID {sdkappid} is not served here"));
+        }
+        if param("random")
+            .and_then(|r| r.parse::<u32>().ok())
+            .is_none()
+        {
+            return (60002, "random must be a 32-bit unsigned integer".into());
+        }
+        if param("contenttype") != Some("json") {
+            return (60002, "contenttype must be json".into());
+        }
+        let Some(sig) = param("usersig") else {
+            return (70003, "usersig is missing".into());
+        };
+        match usersig::verify(
+            &config.secret_key,
+            sig,
+            config.sdkappid,
+            identifier,
+            usersig::unix_now(),
+        ) {
+            Ok(_) => {}
+            Err(VerifyError::Expired { .. }) => return (70001, "UserSig expired".into()),
+            Err(VerifyError::WrongIdentifier { .. }) => {
+                return (70013, "identifier does not match the UserSig".into());
+            }
+            Err(VerifyError::WrongSdkAppId { .. }) => {
+                return (70014, "sdkappid does not match the UserSig".into());
+            }
+            Err(VerifyError::BadSignature) => return (70009, "UserSig verification failed".into()),
+            Err(VerifyError::Malformed(_)) => return (70003, "UserSig is malformed".into()),
+        }
+        if !config.admins.iter().any(|a| a == identifier) {
+            return (90009, "the request requires app admin permissions".into());
+        }
+        let entries = match parse_user_tags(body) {
+            Ok(entries) => entries,
+            Err(answer) => return answer,
+        };
+        let mut ledger = self.ledger();
+        for (account, tags) in entries {
+            let current = ledger.tags.entry(account.clone()).or_default();
+            for tag in &tags {
+                current.remove(tag);
+            }
+            for tag in tags {
+                *ledger.removed.entry((account.clone(), tag)).or_default() += 1;
+            }
+        }
+        (0, String::new())
+    }
+}
+
+/// Checks a `{"UserTags": [...]}` body; the error is Tencent's answer.
+fn parse_user_tags(body: &[u8]) -> Result<Vec<(String, Vec<String>)>, (i64, String)> {
+    let bad = |why: &str| (90001, format!("JSON parse failure: {why}"));
+    let value: Value = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
+    let items = value
+        .get("UserTags")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("UserTags must be an array"))?;
+    if items.is_empty() {
+        return Err(bad("UserTags is empty"));
+    }
+    if items.len() > crate::batch::MAX_BATCH_SIZE {
+        return Err((
+            90018,
+            format!("{} accounts; at most 100 per request", items.len()),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let account = item
+            .get("To_Account")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("To_Account must be a string"))?;
+        if account.is_empty() || account.len() > MAX_ACCOUNT_BYTES {
+            return Err((70107, format!("invalid To_Account {account:?}")));
+        }
+        if !seen.insert(account) {
+            return Err(bad(&format!("To_Account {account:?} appears twice")));
+        }
+        let tags = item
+            .get("Tags")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("Tags must be an array"))?;
+        if tags.len() > MAX_TAGS_PER_ENTRY {
+            return Err((
+                90032,
+                format!("{} tags for {account:?}; at most 10 per entry", tags.len()),
+            ));
+        }
+        let mut list = Vec::with_capacity(tags.len());
+        for tag in tags {
+            let tag = tag.as_str().ok_or_else(|| bad("a tag must be a string"))?;
+            if tag.is_empty() {
+                return Err((90040, format!("empty tag for {account:?}")));
+            }
+            if tag.len() > MAX_TAG_BYTES {
+                return Err((
+                    90020,
+                    format!("tag of {} bytes for {account:?}; at most 50", tag.len()),
+                ));
+            }
+            list.push(tag.to_owned());
+        }
+        entries.push((account.to_owned(), list));
+    }
+    Ok(entries)
+}
+
+fn accounts_of(body: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("UserTags").and_then(Value::as_array).cloned())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| {
+                    i.get("To_Account")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn remove_tag(
+    State(sim): State<Simulator>,
+    Query(query): Query<HashMap<String, String>>,
+    body: axum::body::Bytes,
+) -> Json<Value> {
+    let arrived = Instant::now();
+    let (code, info) = sim.judge(&query, &body, arrived);
+    let accounts = accounts_of(&body);
+    sim.ledger().calls.push(SeenCall {
+        arrived,
+        entries: accounts.len(),
+        accounts,
+        error_code: code,
+    });
+    let delay = latency(&sim.config);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    Json(answer(code, &info))
+}
+
+async fn add_tag(State(sim): State<Simulator>, body: axum::body::Bytes) -> Json<Value> {
+    match parse_user_tags(&body) {
+        Ok(entries) => {
+            for (account, tags) in entries {
+                sim.add_tags(&account, tags.iter().map(String::as_str));
+            }
+            Json(answer(0, ""))
+        }
+        Err((code, info)) => Json(answer(code, &info)),
+    }
+}
+
+async fn user_tags(State(sim): State<Simulator>, Path(account): Path<String>) -> Json<Value> {
+    Json(json!({"account": account, "tags": sim.tags_of(&account)}))
+}
+
+async fn stats(State(sim): State<Simulator>) -> Json<Stats> {
+    Json(sim.stats())
+}
+
+fn answer(code: i64, info: &str) -> Value {
+    let status = if code == 0 { "OK" } else { "FAIL" };
+    json!({"ActionStatus": status, "ErrorInfo": info, "ErrorCode": code})
+}
+
+fn latency(config: &SimConfig) -> Duration {
+    if config.jitter.is_zero() {
+        return config.latency;
+    }
+    let jitter = config.jitter.as_secs_f64() * (rand::random::<f64>() * 2.0 - 1.0);
+    Duration::from_secs_f64((config.latency.as_secs_f64() + jitter).max(0.0))
+}

@@ -1,0 +1,149 @@
+//! PostgreSQL: the job table and the call log (CONTRACT §4).
+//!
+//! Writes are per batch, never per job: [`Store::record`] puts a group of
+//! call rows and job rows in with one statement (the rows travel as one
+//! JSON document, unpacked by `jsonb_to_recordset`), so the worker's cost in
+//! database round trips does not grow with the batch size.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+pub const SUCCEEDED: &str = "succeeded";
+pub const DEAD_LETTERED: &str = "dead_lettered";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("could not encode rows: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// One API call, as the call log keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallRow {
+    pub call_id: Uuid,
+    pub started_at: DateTime<Utc>,
+    pub latency_ms: i32,
+    pub entries: i32,
+    /// 1 for the first try of these entries, 2 for the first retry, …
+    pub attempt: i32,
+    pub http_status: Option<i32>,
+    pub error_code: Option<i32>,
+    pub error_info: Option<String>,
+    /// success, transient, rate_limited, stale_signature, credential, permanent
+    pub outcome: &'static str,
+}
+
+/// A job that reached a terminal status.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRow {
+    pub job_id: String,
+    pub account: Option<String>,
+    pub tags: Vec<String>,
+    pub status: &'static str,
+    pub attempts: i32,
+    pub error_code: Option<i32>,
+    pub error_info: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub last_call_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+const RECORD: &str = r#"
+WITH calls AS (
+    INSERT INTO api_calls
+        (call_id, started_at, latency_ms, entries, attempt, http_status, error_code, error_info, outcome)
+    SELECT call_id, started_at, latency_ms, entries, attempt, http_status, error_code, error_info, outcome
+    FROM jsonb_to_recordset($1::jsonb) AS c(
+        call_id uuid, started_at timestamptz, latency_ms int, entries int, attempt int,
+        http_status int, error_code int, error_info text, outcome text)
+    ON CONFLICT (call_id) DO NOTHING
+)
+INSERT INTO tag_removal_jobs
+    (job_id, account, tags, status, attempts, error_code, error_info, received_at, finished_at, last_call_id)
+SELECT j.job_id, j.account, ARRAY(SELECT jsonb_array_elements_text(j.tags)), j.status, j.attempts,
+       j.error_code, j.error_info, j.received_at, j.finished_at, j.last_call_id
+FROM jsonb_to_recordset($2::jsonb) AS j(
+    job_id text, account text, tags jsonb, status text, attempts int, error_code int,
+    error_info text, received_at timestamptz, finished_at timestamptz, last_call_id uuid)
+ON CONFLICT (job_id) DO UPDATE SET
+    account      = EXCLUDED.account,
+    tags         = EXCLUDED.tags,
+    status       = EXCLUDED.status,
+    attempts     = EXCLUDED.attempts,
+    error_code   = EXCLUDED.error_code,
+    error_info   = EXCLUDED.error_info,
+    received_at  = LEAST(tag_removal_jobs.received_at, EXCLUDED.received_at),
+    finished_at  = EXCLUDED.finished_at,
+    last_call_id = EXCLUDED.last_call_id
+-- A terminal row is final: a job sent twice keeps its first outcome.
+WHERE tag_removal_jobs.status NOT IN ('succeeded', 'dead_lettered')
+"#;
+
+impl Store {
+    /// Connects, waiting a little for a database that is still starting.
+    pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Store, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url.expose_secret())
+            .await?;
+        Ok(Store { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Creates or updates the tables (migrations/ is embedded at build time).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The ids among `ids` that already have a terminal row.
+    pub async fn terminal_ids(&self, ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT job_id FROM tag_removal_jobs WHERE job_id = ANY($1) AND status IN ('succeeded', 'dead_lettered')",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    /// Writes calls and terminal jobs in one statement (one round trip).
+    pub async fn record(&self, calls: &[CallRow], jobs: &[JobRow]) -> Result<(), StoreError> {
+        if calls.is_empty() && jobs.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(RECORD)
+            .bind(serde_json::to_value(calls)?)
+            .bind(serde_json::to_value(jobs)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,980 @@
+//! The pipeline: deliveries → jobs → batches → API calls → rows → acks.
+//!
+//! One task, the coordinator, owns every piece of mutable state (the jobs
+//! in hand, the packer, the ack tracker) and never waits on the API. It
+//! hands each batch to a call task, which paces itself, retries, bisects
+//! on permanent answers and reports what happened to each part. When a
+//! job's last part is in, the coordinator groups it with the other jobs
+//! finished by the same report and hands the group to a persist task:
+//! dead letters published and confirmed, then one statement for all rows,
+//! then — back in the coordinator — the acknowledgements. That order is
+//! CONTRACT §3's: whatever crashes, the broker still holds the message.
+//!
+//! [`run`] is the whole worker; `tagsweep run` and the tests both call it.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::{FutureExt, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, message::Delivery};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::api::{ApiClient, CallError, Failure};
+use crate::batch::{Batch, Entry, Packer, PartId};
+use crate::config::{Config, Credential, RetryPolicy};
+use crate::job::{self, IdSource};
+use crate::limit::Pacer;
+use crate::queue::{self, AckPlan, AckTracker, DeadLetter, DeadLetters, QueueError};
+use crate::store::{self, CallRow, JobRow, Store, StoreError};
+use crate::usersig::Signer;
+
+/// Why the worker stopped other than by request.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("could not build the HTTP client: {0}")]
+    Http(String),
+    #[error(
+        "stopped without dead-lettering anything: Tencent refused the credentials ({failure}). Fix: {hint}"
+    )]
+    Credential {
+        failure: Failure,
+        hint: &'static str,
+    },
+    #[error("lost the consumer: {0}; the jobs in hand return to the queue")]
+    ConsumerLost(String),
+}
+
+impl WorkerError {
+    /// 3 for an operator's fix (credentials), 1 for everything a restart may cure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            WorkerError::Credential { .. } => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// Counts of one run, for the closing log line and the tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub succeeded: u64,
+    pub dead_lettered: u64,
+    /// Copies of a job already finished or in hand, acknowledged without a call.
+    pub duplicates: u64,
+    /// Deliveries handed back to the broker at shutdown.
+    pub returned: u64,
+    pub calls: u64,
+}
+
+/// Runs the worker until `shutdown` resolves (then drains and returns Ok),
+/// or until something only an operator or a restart can fix.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<Summary, WorkerError> {
+    // PostgreSQL first: a worker that consumes before it can record would
+    // only hand every message back, and each return spends the delivery limit.
+    let store = Store::connect(&config.database_url, 10).await?;
+    store.migrate().await?;
+
+    let connection = queue::connect(&config.amqp_url, "tagsweep worker").await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(QueueError::from)?;
+    queue::declare(&channel, &config.topology).await?;
+    let dead_letters =
+        DeadLetters::open(&connection, &config.topology.dead_letter_exchange).await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(QueueError::from)?;
+    let consumer_tag = format!(
+        "tagsweep-{}-{}",
+        std::process::id(),
+        Uuid::new_v4().simple()
+    );
+    let consumer = channel
+        .basic_consume(
+            config.topology.queue.as_str().into(),
+            consumer_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(QueueError::from)?;
+
+    let signer = match &config.credential {
+        Credential::SecretKey(key) => Signer::from_key(
+            key.clone(),
+            config.api.sdkappid,
+            config.api.identifier.clone(),
+            config.usersig_validity,
+        ),
+        Credential::UserSig(sig) => Signer::Fixed(sig.clone()),
+    };
+    let api = ApiClient::new(&config.api, Arc::new(signer))
+        .map_err(|e| WorkerError::Http(e.to_string()))?;
+    let calls = Arc::new(CallContext {
+        api,
+        pacer: Pacer::new(config.max_calls_per_second, config.pacing_margin),
+        in_flight: Semaphore::new(config.max_in_flight),
+        retry: config.retry,
+        stop: CancellationToken::new(),
+    });
+    tracing::info!(
+        queue = %config.topology.queue,
+        api = %config.api.base_url,
+        max_calls_per_second = config.max_calls_per_second,
+        batch_size = config.batch_size.get(),
+        prefetch = config.prefetch,
+        "tagsweep worker consuming"
+    );
+
+    let (reports_tx, reports) = mpsc::unbounded_channel();
+    let (persisted_tx, persisted) = mpsc::unbounded_channel();
+    let coordinator = Coordinator {
+        channel: channel.clone(),
+        consumer_tag,
+        store,
+        dead_letters,
+        calls,
+        packer: Packer::new(config.batch_size),
+        linger: config.batch_linger,
+        grace: config.shutdown_grace,
+        tracker: AckTracker::default(),
+        jobs: HashMap::new(),
+        by_id: HashMap::new(),
+        copies_while_recording: HashMap::new(),
+        next_key: 0,
+        calls_out: 0,
+        persists_out: 0,
+        reports_tx,
+        persisted_tx,
+        summary: Summary::default(),
+    };
+    let result = coordinator
+        .run(consumer, reports, persisted, shutdown)
+        .await;
+    // Closing the connection returns anything still unacknowledged.
+    let _ = connection.close(200, "tagsweep stopping".into()).await;
+    match &result {
+        Ok(summary) => tracing::info!(?summary, "tagsweep worker stopped"),
+        Err(error) => tracing::error!("{error}"),
+    }
+    result
+}
+
+/// What every call task shares.
+#[derive(Debug)]
+struct CallContext {
+    api: ApiClient,
+    pacer: Pacer,
+    in_flight: Semaphore,
+    retry: RetryPolicy,
+    /// Cancelled at shutdown: waits for a pacing slot or a backoff end, and
+    /// those batches go back to the queue.
+    stop: CancellationToken,
+}
+
+/// What happened to one part of a job in a call task.
+#[derive(Debug)]
+enum PartResult {
+    Removed,
+    Failed(Failure),
+    /// Not finished (shutdown or a credential stop): the job goes back.
+    Returned,
+}
+
+#[derive(Debug)]
+struct PartReport {
+    part: PartId,
+    /// Calls that carried this part.
+    carried: u32,
+    last_call: Option<Uuid>,
+    result: PartResult,
+}
+
+#[derive(Debug, Default)]
+struct BatchReport {
+    calls: Vec<CallRow>,
+    parts: Vec<PartReport>,
+    /// Set when Tencent refused the credentials: the worker must stop.
+    fatal: Option<CallError>,
+}
+
+enum Attempt {
+    Failed(CallError),
+    Stopped,
+}
+
+/// Sends one batch until every part has an outcome: retries the retryable,
+/// re-signs once on a stale signature, and halves the batch on a permanent
+/// answer until the entries at fault stand alone.
+async fn run_batch(ctx: Arc<CallContext>, batch: Batch) -> BatchReport {
+    let mut report = BatchReport::default();
+    let mut carried: HashMap<PartId, (u32, Option<Uuid>)> = HashMap::new();
+    let mut outcomes: Vec<(PartId, PartResult)> = Vec::with_capacity(batch.len());
+    let mut stack = vec![batch];
+    while let Some(batch) = stack.pop() {
+        let attempt = if report.fatal.is_some() {
+            Err(Attempt::Stopped)
+        } else {
+            call_with_retry(&ctx, &batch, &mut report.calls, &mut carried).await
+        };
+        let each = |outcomes: &mut Vec<(PartId, PartResult)>, result: &dyn Fn() -> PartResult| {
+            outcomes.extend(batch.entries().iter().map(|e| (e.part, result())));
+        };
+        match attempt {
+            Ok(()) => each(&mut outcomes, &|| PartResult::Removed),
+            Err(Attempt::Failed(CallError::Permanent(failure))) => match batch.clone().split() {
+                Some((left, right)) => {
+                    stack.push(right);
+                    stack.push(left);
+                }
+                None => each(&mut outcomes, &|| PartResult::Failed(failure.clone())),
+            },
+            Err(Attempt::Failed(error @ (CallError::Transient(_) | CallError::RateLimited(_)))) => {
+                let failure = error.failure().clone();
+                each(&mut outcomes, &|| PartResult::Failed(failure.clone()));
+            }
+            Err(Attempt::Failed(error)) => {
+                report.fatal = Some(error);
+                each(&mut outcomes, &|| PartResult::Returned);
+            }
+            Err(Attempt::Stopped) => each(&mut outcomes, &|| PartResult::Returned),
+        }
+    }
+    report.parts = outcomes
+        .into_iter()
+        .map(|(part, result)| {
+            let (carried, last_call) = carried.get(&part).copied().unwrap_or_default();
+            PartReport {
+                part,
+                carried,
+                last_call,
+                result,
+            }
+        })
+        .collect();
+    report
+}
+
+async fn call_with_retry(
+    ctx: &CallContext,
+    batch: &Batch,
+    calls: &mut Vec<CallRow>,
+    carried: &mut HashMap<PartId, (u32, Option<Uuid>)>,
+) -> Result<(), Attempt> {
+    let mut backoff = ctx.retry.backoff();
+    let mut resigned = false;
+    let mut attempt = 0;
+    loop {
+        tokio::select! {
+            biased;
+            () = ctx.stop.cancelled() => return Err(Attempt::Stopped),
+            _ = ctx.pacer.acquire() => {}
+        }
+        let report = {
+            let _permit = ctx
+                .in_flight
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            ctx.api.remove_tags(batch.entries()).await
+        };
+        attempt += 1;
+        let call_id = Uuid::now_v7();
+        let failure = report.outcome.as_ref().err();
+        calls.push(CallRow {
+            call_id,
+            started_at: report.started_at,
+            latency_ms: i32::try_from(report.latency.as_millis()).unwrap_or(i32::MAX),
+            entries: batch.len() as i32,
+            attempt,
+            http_status: report.http_status.map(i32::from),
+            error_code: failure.map(|e| e.failure().error_code),
+            error_info: failure.map(|e| e.failure().error_info.clone()),
+            outcome: failure.map_or("success", CallError::class),
+        });
+        for entry in batch.entries() {
+            let count = carried.entry(entry.part).or_default();
+            count.0 += 1;
+            count.1 = Some(call_id);
+        }
+        let error = match report.outcome {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        tracing::debug!(entries = batch.len(), attempt, %error, "im_remove_tag call failed");
+        match error {
+            CallError::Transient(_) | CallError::RateLimited(_) => {
+                if matches!(error, CallError::RateLimited(_)) {
+                    // The server counts refused calls too: everyone waits.
+                    ctx.pacer.pause(Duration::from_secs(1));
+                }
+                let Some(delay) = backoff.next() else {
+                    return Err(Attempt::Failed(error));
+                };
+                tokio::select! {
+                    biased;
+                    () = ctx.stop.cancelled() => return Err(Attempt::Stopped),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+            CallError::StaleSignature(_) if !resigned && ctx.api.signer().invalidate() => {
+                resigned = true
+            }
+            CallError::StaleSignature(failure) => {
+                return Err(Attempt::Failed(CallError::Credential(failure)));
+            }
+            other => return Err(Attempt::Failed(other)),
+        }
+    }
+}
+
+/// The original message of a job, kept for its dead letter and its ack.
+#[derive(Debug)]
+struct Original {
+    tag: u64,
+    routing_key: String,
+    body: Vec<u8>,
+    properties: BasicProperties,
+}
+
+/// A job in hand.
+#[derive(Debug)]
+struct Held {
+    job_id: String,
+    account: Option<String>,
+    tags: Vec<String>,
+    received_at: DateTime<Utc>,
+    original: Original,
+    /// Deliveries of the same job id, acknowledged with this one.
+    copies: Vec<u64>,
+    parts_left: usize,
+    /// (part index, failure) of parts that failed for good.
+    failed: Vec<(u16, Failure)>,
+    returned: bool,
+    attempts: u32,
+    last_call: Option<Uuid>,
+    /// Set for an invalid job: dead-lettered without a call.
+    invalid: Option<String>,
+}
+
+impl Held {
+    fn row_and_letter(self) -> (JobRow, Option<DeadLetter>, Vec<u64>) {
+        let finished_at = Utc::now();
+        let (status, error_code, error_info) = match (&self.invalid, self.failed.first()) {
+            (Some(reason), _) => (
+                store::DEAD_LETTERED,
+                Some(0),
+                Some(format!("invalid job: {reason}")),
+            ),
+            (None, None) => (store::SUCCEEDED, None, None),
+            (None, Some((_, failure))) => {
+                let mut not_removed: Vec<&str> = Vec::new();
+                for (index, _) in &self.failed {
+                    let start = usize::from(*index) * job::MAX_TAGS_PER_ENTRY;
+                    let end = (start + job::MAX_TAGS_PER_ENTRY).min(self.tags.len());
+                    not_removed.extend(self.tags[start..end].iter().map(String::as_str));
+                }
+                let info = format!(
+                    "{}; tags not removed: {}",
+                    failure.error_info,
+                    not_removed.join(", ")
+                );
+                (store::DEAD_LETTERED, Some(failure.error_code), Some(info))
+            }
+        };
+        let attempts = i32::try_from(self.attempts).unwrap_or(i32::MAX);
+        let letter = (status == store::DEAD_LETTERED).then(|| DeadLetter {
+            job_id: self.job_id.clone(),
+            routing_key: self.original.routing_key.clone(),
+            body: self.original.body,
+            properties: self.original.properties,
+            error_code: error_code.unwrap_or(0),
+            error_info: error_info.clone().unwrap_or_default(),
+            attempts,
+        });
+        let mut tags = self.copies;
+        tags.push(self.original.tag);
+        let row = JobRow {
+            job_id: self.job_id,
+            account: self.account,
+            tags: self.tags,
+            status,
+            attempts,
+            error_code,
+            error_info,
+            received_at: self.received_at,
+            finished_at,
+            last_call_id: self.last_call,
+        };
+        (row, letter, tags)
+    }
+}
+
+/// A group of finished jobs on its way to the broker and the database.
+#[derive(Debug)]
+struct Persisted {
+    /// Delivery tags to acknowledge (originals and copies), or to return
+    /// when recording failed.
+    tags: Vec<u64>,
+    job_ids: Vec<String>,
+    succeeded: u64,
+    dead_lettered: u64,
+    ok: bool,
+}
+
+struct Coordinator {
+    channel: Channel,
+    consumer_tag: String,
+    store: Store,
+    dead_letters: DeadLetters,
+    calls: Arc<CallContext>,
+    packer: Packer,
+    linger: Duration,
+    grace: Duration,
+    tracker: AckTracker,
+    /// Jobs in hand by the worker's own key.
+    jobs: HashMap<u64, Held>,
+    /// Every job id in hand, through to its acknowledgement.
+    by_id: HashMap<String, Claim>,
+    /// Copies of jobs whose rows are being recorded, by job id.
+    copies_while_recording: HashMap<String, Vec<u64>>,
+    next_key: u64,
+    calls_out: usize,
+    persists_out: usize,
+    reports_tx: mpsc::UnboundedSender<BatchReport>,
+    persisted_tx: mpsc::UnboundedSender<Persisted>,
+    summary: Summary,
+}
+
+/// Where a job id in hand is.
+#[derive(Debug, Clone, Copy)]
+enum Claim {
+    Held(u64),
+    /// Finished; its rows are being recorded.
+    Recording,
+}
+
+/// Deliveries taken off the consumer in one go, checked against the job
+/// table with one query.
+const INTAKE_CHUNK: usize = 512;
+
+impl Coordinator {
+    async fn run(
+        mut self,
+        mut consumer: lapin::Consumer,
+        mut reports: mpsc::UnboundedReceiver<BatchReport>,
+        mut persisted: mpsc::UnboundedReceiver<Persisted>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<Summary, WorkerError> {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut stopping: Option<Instant> = None;
+        let mut failure: Option<WorkerError> = None;
+        loop {
+            if let Some(since) = stopping {
+                let drained = self.calls_out == 0 && self.persists_out == 0;
+                if drained || since.elapsed() >= self.grace {
+                    break;
+                }
+            }
+            let linger_deadline = self
+                .packer
+                .oldest()
+                .map(|t| Instant::from_std(t) + self.linger);
+            let grace_deadline = stopping.map(|since| since + self.grace);
+            tokio::select! {
+                biased;
+                () = &mut shutdown, if stopping.is_none() => {
+                    tracing::info!("shutdown requested: no new messages; finishing the calls in flight");
+                    self.begin_stop().await;
+                    stopping = Some(Instant::now());
+                }
+                Some(report) = reports.recv() => {
+                    self.calls_out -= 1;
+                    if let Some(error) = self.on_report(report) {
+                        if stopping.is_none() {
+                            tracing::error!(
+                                "Tencent refused the credentials ({}): stopping, nothing dead-lettered. Fix: {}",
+                                error.failure(), error.what_to_fix()
+                            );
+                            failure = Some(WorkerError::Credential { failure: error.failure().clone(), hint: error.what_to_fix() });
+                            self.begin_stop().await;
+                            stopping = Some(Instant::now());
+                        }
+                    }
+                }
+                Some(done) = persisted.recv() => {
+                    self.persists_out -= 1;
+                    self.on_persisted(done).await;
+                }
+                delivery = consumer.next(), if stopping.is_none() => {
+                    match delivery {
+                        Some(Ok(first)) => {
+                            let mut chunk = vec![first];
+                            while chunk.len() < INTAKE_CHUNK {
+                                match consumer.next().now_or_never() {
+                                    Some(Some(Ok(more))) => chunk.push(more),
+                                    _ => break,
+                                }
+                            }
+                            self.admit(chunk).await;
+                        }
+                        Some(Err(error)) => {
+                            failure = Some(WorkerError::ConsumerLost(error.to_string()));
+                            self.begin_stop().await;
+                            stopping = Some(Instant::now());
+                        }
+                        None => {
+                            failure = Some(WorkerError::ConsumerLost("the broker cancelled the consumer".into()));
+                            self.begin_stop().await;
+                            stopping = Some(Instant::now());
+                        }
+                    }
+                }
+                () = sleep_until_opt(linger_deadline), if stopping.is_none() => {}
+                () = sleep_until_opt(grace_deadline) => {}
+            }
+            if stopping.is_none() {
+                self.dispatch();
+            }
+        }
+        self.return_the_rest().await;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(self.summary),
+        }
+    }
+
+    /// Stops intake, cancels waits, and returns the parts not yet sent.
+    async fn begin_stop(&mut self) {
+        if let Err(error) = self
+            .channel
+            .basic_cancel(
+                self.consumer_tag.as_str().into(),
+                BasicCancelOptions::default(),
+            )
+            .await
+        {
+            tracing::warn!("could not cancel the consumer: {error}");
+        }
+        self.calls.stop.cancel();
+        let unsent: Vec<PartId> = self.packer.drain().map(|e| e.part).collect();
+        for part in unsent {
+            if let Some(held) = self.jobs.get_mut(&part.job) {
+                held.returned = true;
+                held.parts_left -= 1;
+            }
+        }
+    }
+
+    /// Sends out every batch that is full, or whose linger has run out.
+    fn dispatch(&mut self) {
+        loop {
+            let lingered = self
+                .packer
+                .oldest()
+                .is_some_and(|t| Instant::from_std(t) + self.linger <= Instant::now());
+            if !(self.packer.has_full_batch() || lingered) {
+                return;
+            }
+            let Some(batch) = self.packer.take_batch() else {
+                return;
+            };
+            self.calls_out += 1;
+            let ctx = self.calls.clone();
+            let tx = self.reports_tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(run_batch(ctx, batch).await);
+            });
+        }
+    }
+
+    /// Parses a chunk of deliveries and lets in the jobs that are new.
+    async fn admit(&mut self, chunk: Vec<Delivery>) {
+        let now_std = std::time::Instant::now();
+        let received_at = Utc::now();
+        let mut fresh = Vec::with_capacity(chunk.len());
+        for delivery in chunk {
+            self.tracker.hold(delivery.delivery_tag);
+            let message_id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_owned());
+            let parsed = job::parse(&delivery.data, message_id.as_deref());
+            let id = match &parsed {
+                Ok(job) => job.id.clone(),
+                Err(invalid) => invalid.id.clone(),
+            };
+            if self.hold_as_copy(&id, delivery.delivery_tag) {
+                continue;
+            }
+            fresh.push((parsed, delivery));
+        }
+
+        // One round trip tells which of these already have an outcome.
+        let known_ids: Vec<String> = fresh
+            .iter()
+            .filter_map(|(parsed, _)| match parsed {
+                Ok(job) if job.id_source != IdSource::Assigned => Some(job.id.clone()),
+                Err(invalid) if invalid.id_source != IdSource::Assigned => Some(invalid.id.clone()),
+                _ => None,
+            })
+            .collect();
+        let finished = self.terminal_ids(&known_ids).await;
+
+        let mut invalid_keys = Vec::new();
+        let mut ack_now = Vec::new();
+        for (parsed, delivery) in fresh {
+            let id = match &parsed {
+                Ok(job) => &job.id,
+                Err(invalid) => &invalid.id,
+            };
+            if finished.contains(id) {
+                ack_now.push(delivery.delivery_tag);
+                self.summary.duplicates += 1;
+                continue;
+            }
+            if self.hold_as_copy(id, delivery.delivery_tag) {
+                continue;
+            }
+            let key = self.next_key;
+            self.next_key += 1;
+            let original = Original {
+                tag: delivery.delivery_tag,
+                routing_key: delivery.routing_key.as_str().to_owned(),
+                body: delivery.data,
+                properties: delivery.properties,
+            };
+            let held = match parsed {
+                Ok(job) => {
+                    let account: Arc<str> = Arc::from(job.account.as_str());
+                    let mut parts = 0;
+                    for (index, tags) in job.parts().enumerate() {
+                        let part = PartId {
+                            job: key,
+                            index: index as u16,
+                        };
+                        self.packer.push(
+                            Entry {
+                                part,
+                                account: account.clone(),
+                                tags: tags.into(),
+                            },
+                            now_std,
+                        );
+                        parts += 1;
+                    }
+                    Held::new(
+                        job.id,
+                        Some(job.account),
+                        job.tags,
+                        received_at,
+                        original,
+                        parts,
+                        None,
+                    )
+                }
+                Err(invalid) => {
+                    tracing::warn!(job_id = %invalid.id, reason = %invalid.reason, "invalid job: dead-lettering it");
+                    invalid_keys.push(key);
+                    Held::new(
+                        invalid.id,
+                        invalid.account,
+                        invalid.tags,
+                        received_at,
+                        original,
+                        0,
+                        Some(invalid.reason),
+                    )
+                }
+            };
+            self.by_id.insert(held.job_id.clone(), Claim::Held(key));
+            self.jobs.insert(key, held);
+        }
+        if !ack_now.is_empty() {
+            let plan = self.tracker.settle(&ack_now);
+            self.acknowledge(plan).await;
+        }
+        if !invalid_keys.is_empty() {
+            self.finish(Vec::new(), invalid_keys);
+        }
+    }
+
+    /// Holds a delivery as a copy of a job already in hand; false if the
+    /// id is not in hand. The copy is settled with the job's outcome.
+    fn hold_as_copy(&mut self, id: &str, tag: u64) -> bool {
+        let copies = match self.by_id.get(id) {
+            None => return false,
+            Some(Claim::Held(key)) => {
+                &mut self
+                    .jobs
+                    .get_mut(key)
+                    .expect("claims point at held jobs")
+                    .copies
+            }
+            Some(Claim::Recording) => self
+                .copies_while_recording
+                .entry(id.to_owned())
+                .or_default(),
+        };
+        copies.push(tag);
+        self.summary.duplicates += 1;
+        true
+    }
+
+    /// Job ids that already have a terminal row; retried while PostgreSQL is
+    /// unreachable, since sending a finished job again is what this prevents.
+    async fn terminal_ids(&self, ids: &[String]) -> std::collections::HashSet<String> {
+        let mut backoff = RetryPolicy {
+            initial: Duration::from_millis(200),
+            max_interval: Duration::from_secs(10),
+            max_elapsed: Duration::MAX,
+        }
+        .backoff();
+        loop {
+            match self.store.terminal_ids(ids).await {
+                Ok(found) => return found,
+                Err(error) => {
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(
+                        "could not check the job table ({error}); retrying in {delay:?}"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Applies a call task's report; returns the error if the worker must stop.
+    fn on_report(&mut self, report: BatchReport) -> Option<CallError> {
+        self.summary.calls += report.calls.len() as u64;
+        let mut finished = Vec::new();
+        for part in report.parts {
+            let Some(held) = self.jobs.get_mut(&part.part.job) else {
+                continue;
+            };
+            held.attempts += part.carried;
+            if part.last_call.is_some() {
+                held.last_call = part.last_call;
+            }
+            match part.result {
+                PartResult::Removed => {}
+                PartResult::Failed(failure) => held.failed.push((part.part.index, failure)),
+                PartResult::Returned => held.returned = true,
+            }
+            held.parts_left -= 1;
+            if held.parts_left == 0 && !held.returned {
+                finished.push(part.part.job);
+            }
+        }
+        self.finish(report.calls, finished);
+        report.fatal
+    }
+
+    /// Hands finished jobs (and the calls that finished them) to a persist task.
+    fn finish(&mut self, calls: Vec<CallRow>, keys: Vec<u64>) {
+        let mut rows = Vec::with_capacity(keys.len());
+        let mut letters = Vec::new();
+        let mut tags = Vec::with_capacity(keys.len());
+        let mut job_ids = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(held) = self.jobs.remove(&key) else {
+                continue;
+            };
+            // Keep the id claimed until the row is committed: a copy that
+            // arrives meanwhile must wait for this outcome, not resend.
+            self.by_id.insert(held.job_id.clone(), Claim::Recording);
+            job_ids.push(held.job_id.clone());
+            let (row, letter, delivery_tags) = held.row_and_letter();
+            rows.push(row);
+            letters.extend(letter);
+            tags.extend(delivery_tags);
+        }
+        if calls.is_empty() && rows.is_empty() {
+            return;
+        }
+        let succeeded = rows.iter().filter(|r| r.status == store::SUCCEEDED).count() as u64;
+        let dead_lettered = rows.len() as u64 - succeeded;
+        self.persists_out += 1;
+        let store = self.store.clone();
+        let dead_letters = self.dead_letters.clone();
+        let tx = self.persisted_tx.clone();
+        let stop = self.calls.stop.clone();
+        tokio::spawn(async move {
+            let ok = persist(&store, &dead_letters, &calls, &rows, &letters, &stop).await;
+            let _ = tx.send(Persisted {
+                tags,
+                job_ids,
+                succeeded,
+                dead_lettered,
+                ok,
+            });
+        });
+    }
+
+    async fn on_persisted(&mut self, done: Persisted) {
+        let mut tags = done.tags;
+        for id in &done.job_ids {
+            self.by_id.remove(id);
+            // Copies that arrived while the group was being recorded.
+            tags.extend(self.copies_while_recording.remove(id).unwrap_or_default());
+        }
+        if done.ok {
+            self.summary.succeeded += done.succeeded;
+            self.summary.dead_lettered += done.dead_lettered;
+            let plan = self.tracker.settle(&tags);
+            self.acknowledge(plan).await;
+        } else {
+            // Not recorded: the broker keeps them and a worker tries again.
+            self.summary.returned += tags.len() as u64;
+            for tag in tags {
+                self.nack(tag, false).await;
+            }
+        }
+    }
+
+    async fn acknowledge(&self, plan: AckPlan) {
+        if let Some(tag) = plan.up_to
+            && let Err(error) = self
+                .channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await
+        {
+            tracing::warn!("ack up to {tag} failed: {error}; the broker will redeliver");
+        }
+        for tag in plan.singles {
+            if let Err(error) = self
+                .channel
+                .basic_ack(tag, BasicAckOptions { multiple: false })
+                .await
+            {
+                tracing::warn!("ack of {tag} failed: {error}; the broker will redeliver");
+            }
+        }
+    }
+
+    /// Returns a delivery to the queue. lapin's default nack drops it
+    /// (`requeue: false`): the requeue here is what keeps the job.
+    async fn nack(&self, tag: u64, multiple: bool) {
+        if let Err(error) = self
+            .channel
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    multiple,
+                    requeue: true,
+                },
+            )
+            .await
+        {
+            tracing::warn!("nack of {tag} failed: {error}; closing the channel returns it");
+        }
+    }
+
+    /// Hands back every delivery still in work.
+    async fn return_the_rest(&mut self) {
+        let tags = self.tracker.release_all();
+        if let Some(&last) = tags.last() {
+            // Every tag at or below `last` not in `tags` is settled already,
+            // so one multiple nack returns exactly the ones in work.
+            self.summary.returned += tags.len() as u64;
+            self.nack(last, true).await;
+        }
+    }
+}
+
+impl Held {
+    fn new(
+        job_id: String,
+        account: Option<String>,
+        tags: Vec<String>,
+        received_at: DateTime<Utc>,
+        original: Original,
+        parts: usize,
+        invalid: Option<String>,
+    ) -> Held {
+        Held {
+            job_id,
+            account,
+            tags,
+            received_at,
+            original,
+            copies: Vec::new(),
+            parts_left: parts,
+            failed: Vec::new(),
+            returned: false,
+            attempts: 0,
+            last_call: None,
+            invalid,
+        }
+    }
+}
+
+/// Dead letters first (confirmed), then one statement for every row. The
+/// database write is retried while it fails, until shutdown gives up on it
+/// (the jobs then return to the queue: at worst dead-lettered twice).
+async fn persist(
+    store: &Store,
+    dead_letters: &DeadLetters,
+    calls: &[CallRow],
+    rows: &[JobRow],
+    letters: &[DeadLetter],
+    stop: &CancellationToken,
+) -> bool {
+    if !letters.is_empty()
+        && let Err(error) = dead_letters.publish(letters).await
+    {
+        tracing::error!("dead-letter publish failed: {error}; the jobs return to the queue");
+        return false;
+    }
+    let mut backoff = RetryPolicy {
+        initial: Duration::from_millis(100),
+        max_interval: Duration::from_secs(5),
+        max_elapsed: Duration::MAX,
+    }
+    .backoff();
+    loop {
+        match store.record(calls, rows).await {
+            Ok(()) => return true,
+            Err(error) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(
+                    "recording {} jobs failed ({error}); retrying in {delay:?}",
+                    rows.len()
+                );
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(delay) => continue,
+                }
+                // Stopping: one last try, then hand the jobs back.
+                return store.record(calls, rows).await.is_ok();
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -300,8 +300,11 @@ impl Simulator {
     }
 }
 
-/// Checks a `{"UserTags": [...]}` body; the error is Tencent's answer.
-fn parse_user_tags(body: &[u8]) -> Result<Vec<(String, Vec<String>)>, (i64, String)> {
+/// (ErrorCode, ErrorInfo) as the simulator answers them.
+type Refusal = (i64, String);
+
+/// Checks a `{"UserTags": [...]}` body into (account, tags) entries.
+fn parse_user_tags(body: &[u8]) -> Result<Vec<(String, Vec<String>)>, Refusal> {
     let bad = |why: &str| (90001, format!("JSON parse failure: {why}"));
     let value: Value = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
     let items = value

@@ -509,16 +509,16 @@ impl Coordinator {
                 }
                 Some(report) = reports.recv() => {
                     self.calls_out -= 1;
-                    if let Some(error) = self.on_report(report) {
-                        if stopping.is_none() {
-                            tracing::error!(
-                                "Tencent refused the credentials ({}): stopping, nothing dead-lettered. Fix: {}",
-                                error.failure(), error.what_to_fix()
-                            );
-                            failure = Some(WorkerError::Credential { failure: error.failure().clone(), hint: error.what_to_fix() });
-                            self.begin_stop().await;
-                            stopping = Some(Instant::now());
-                        }
+                    if let Some(error) = self.on_report(report)
+                        && stopping.is_none()
+                    {
+                        tracing::error!(
+                            "Tencent refused the credentials ({}): stopping, nothing dead-lettered. Fix: {}",
+                            error.failure(), error.what_to_fix()
+                        );
+                        failure = Some(WorkerError::Credential { failure: error.failure().clone(), hint: error.what_to_fix() });
+                        self.begin_stop().await;
+                        stopping = Some(Instant::now());
                     }
                 }
                 Some(done) = persisted.recv() => {

@@ -1,0 +1,410 @@
+//! What every story in tests/ starts from: real RabbitMQ and PostgreSQL,
+//! fresh names for each test, and the project's own simulator standing in
+//! for Tencent.
+//!
+//! The services come from `AMQP_URL` and `DATABASE_URL`, else from the
+//! defaults on 127.0.0.1 when something listens there, else (where a
+//! Docker engine exists) from testcontainers. Each test gets its own
+//! exchanges and queues (random names, deleted at the end) and its own
+//! database (created fresh, dropped at the end).
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use secrecy::SecretString;
+use sqlx::{Connection as _, PgConnection, PgPool};
+use tagsweep::api::ClientSettings;
+use tagsweep::batch::BatchSize;
+use tagsweep::config::{Config, Credential, RetryPolicy, Topology};
+use tagsweep::sim::{Running, SimConfig, Simulator};
+use tagsweep::worker::{self, Summary, WorkerError};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+pub const SDKAPPID: u64 = 1400000000;
+pub const SECRET_KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+
+struct Services {
+    amqp_url: String,
+    database_url: String,
+}
+
+static SERVICES: OnceCell<Services> = OnceCell::const_new();
+
+fn listening(addr: &str) -> bool {
+    let addr: SocketAddr = addr.parse().expect("a socket address");
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+}
+
+async fn services() -> &'static Services {
+    SERVICES
+        .get_or_init(|| async {
+            let amqp = std::env::var("AMQP_URL").ok();
+            let database = std::env::var("DATABASE_URL").ok();
+            let local_amqp = listening("127.0.0.1:5672")
+                .then(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+            let local_pg = listening("127.0.0.1:5432")
+                .then(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+            match (amqp.or(local_amqp), database.or(local_pg)) {
+                (Some(amqp_url), Some(database_url)) => Services {
+                    amqp_url,
+                    database_url,
+                },
+                (amqp, database) => containers(amqp, database).await,
+            }
+        })
+        .await
+}
+
+/// Starts what is missing with testcontainers. Only where a Docker engine
+/// runs; the containers live as long as the test binary.
+async fn containers(amqp: Option<String>, database: Option<String>) -> Services {
+    use testcontainers_modules::testcontainers::ImageExt;
+    use testcontainers_modules::testcontainers::runners::AsyncRunner;
+    use testcontainers_modules::{postgres::Postgres, rabbitmq::RabbitMq};
+
+    let amqp_url = match amqp {
+        Some(url) => url,
+        None => {
+            let node = RabbitMq::default().with_tag("3.13-management").start().await.expect(
+                "no RabbitMQ: set AMQP_URL, run one on 127.0.0.1:5672, or provide a Docker engine for testcontainers",
+            );
+            let port = node
+                .get_host_port_ipv4(5672)
+                .await
+                .expect("mapped AMQP port");
+            std::mem::forget(node);
+            format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+        }
+    };
+    let database_url = match database {
+        Some(url) => url,
+        None => {
+            let node = Postgres::default().with_host_auth().with_tag("16-alpine").start().await.expect(
+                "no PostgreSQL: set DATABASE_URL, run one on 127.0.0.1:5432, or provide a Docker engine for testcontainers",
+            );
+            let port = node
+                .get_host_port_ipv4(5432)
+                .await
+                .expect("mapped PostgreSQL port");
+            std::mem::forget(node);
+            format!("postgres://postgres@127.0.0.1:{port}/postgres")
+        }
+    };
+    Services {
+        amqp_url,
+        database_url,
+    }
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let root = match base.rfind('/') {
+        Some(i) if i > "postgres://".len() => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(query) => format!("{root}/{name}?{query}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+/// A test's own corner of the services, plus a simulator.
+pub struct TestEnv {
+    pub amqp_url: String,
+    pub admin_database_url: String,
+    pub database_url: String,
+    pub database: String,
+    pub topology: Topology,
+    pub sim: Running,
+    pub pool: PgPool,
+    connection: Connection,
+    pub channel: Channel,
+}
+
+/// A worker running inside the test.
+pub struct WorkerHandle {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<Summary, WorkerError>>,
+}
+
+impl WorkerHandle {
+    /// Asks it to stop (as SIGTERM does) and waits for it.
+    pub async fn stop(self) -> Result<Summary, WorkerError> {
+        self.stop.cancel();
+        self.join().await
+    }
+
+    pub async fn join(self) -> Result<Summary, WorkerError> {
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("the worker stops within a minute")
+            .expect("the worker task does not panic")
+    }
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        TestEnv::with_sim(|_| {}).await
+    }
+
+    pub async fn with_sim(adjust: impl FnOnce(&mut SimConfig)) -> TestEnv {
+        let services = services().await;
+        let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+
+        let database = format!("tagsweep_test_{suffix}");
+        let mut admin = PgConnection::connect(&services.database_url)
+            .await
+            .expect("PostgreSQL admin connection");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+        let database_url = with_database(&services.database_url, &database);
+        let pool = PgPool::connect(&database_url)
+            .await
+            .expect("connect to the test database");
+
+        let topology = Topology {
+            exchange: format!("test.{suffix}"),
+            routing_key: "remove".into(),
+            queue: format!("test.{suffix}.remove"),
+            dead_letter_exchange: format!("test.{suffix}.dead"),
+            dead_letter_queue: format!("test.{suffix}.dead"),
+        };
+        let connection = tagsweep::queue::connect(
+            &SecretString::from(services.amqp_url.clone()),
+            "tagsweep tests",
+        )
+        .await
+        .expect("RabbitMQ connection");
+        let channel = connection.create_channel().await.expect("channel");
+        // The worker declares the topology too; declaring it here lets a
+        // test publish before the worker starts.
+        tagsweep::queue::declare(&channel, &topology)
+            .await
+            .expect("declare the topology");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+
+        let mut sim_config = SimConfig::new(SDKAPPID, SECRET_KEY);
+        adjust(&mut sim_config);
+        let sim = Simulator::new(sim_config)
+            .spawn("127.0.0.1:0".parse().unwrap())
+            .await
+            .expect("simulator");
+
+        TestEnv {
+            amqp_url: services.amqp_url.clone(),
+            admin_database_url: services.database_url.clone(),
+            database_url,
+            database,
+            topology,
+            sim,
+            pool,
+            connection,
+            channel,
+        }
+    }
+
+    pub fn simulator(&self) -> &Simulator {
+        &self.sim.simulator
+    }
+
+    /// A worker configuration pointed at this test's names, with retries
+    /// shortened so failure stories finish in seconds.
+    pub fn config(&self) -> Config {
+        Config {
+            amqp_url: SecretString::from(self.amqp_url.clone()),
+            database_url: SecretString::from(self.database_url.clone()),
+            api: ClientSettings {
+                base_url: self.sim.base_url(),
+                sdkappid: SDKAPPID,
+                identifier: "administrator".into(),
+                request_timeout: Duration::from_secs(5),
+            },
+            api_backup_url: None,
+            credential: Credential::SecretKey(SecretString::from(SECRET_KEY)),
+            topology: self.topology.clone(),
+            max_calls_per_second: 100,
+            pacing_margin: Duration::from_millis(10),
+            batch_size: BatchSize::MAX,
+            batch_linger: Duration::from_millis(20),
+            retry: RetryPolicy {
+                initial: Duration::from_millis(20),
+                max_interval: Duration::from_millis(200),
+                max_elapsed: Duration::from_secs(2),
+            },
+            prefetch: 2000,
+            max_in_flight: 32,
+            shutdown_grace: Duration::from_secs(10),
+            usersig_validity: tagsweep::usersig::DEFAULT_VALIDITY,
+        }
+    }
+
+    pub fn spawn_worker(&self, config: Config) -> WorkerHandle {
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone().cancelled_owned();
+        let task = tokio::spawn(worker::run(config, shutdown));
+        WorkerHandle { stop, task }
+    }
+
+    /// Publishes bodies to the jobs exchange and waits for every confirm.
+    pub async fn publish(&self, messages: impl IntoIterator<Item = (Vec<u8>, BasicProperties)>) {
+        let mut confirms = Vec::new();
+        for (body, properties) in messages {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    self.topology.exchange.as_str().into(),
+                    self.topology.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    properties
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            assert!(
+                confirm.await.expect("confirm").is_ack(),
+                "the broker confirms every job"
+            );
+        }
+    }
+
+    pub async fn publish_jobs(&self, jobs: &[serde_json::Value]) {
+        self.publish(
+            jobs.iter()
+                .map(|job| (job.to_string().into_bytes(), BasicProperties::default())),
+        )
+        .await;
+    }
+
+    /// Messages ready in a queue.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let channel = self.connection.create_channel().await.expect("channel");
+        let depth = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .expect("queue exists");
+        let _ = channel.close(200, "done".into()).await;
+        depth.message_count()
+    }
+
+    /// Takes every message off the dead-letter queue.
+    pub async fn dead_letters(&self) -> Vec<lapin::message::Delivery> {
+        let mut out = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(
+                self.topology.dead_letter_queue.as_str().into(),
+                BasicGetOptions::default(),
+            )
+            .await
+            .expect("basic.get")
+        {
+            let delivery = message.delivery;
+            self.channel
+                .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
+                .await
+                .expect("ack");
+            out.push(delivery);
+        }
+        out
+    }
+
+    pub async fn count_rows(&self, status: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM tag_removal_jobs WHERE status = $1")
+            .bind(status)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(0)
+    }
+
+    pub async fn total_rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM tag_removal_jobs")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Polls until `n` rows exist, or panics after `timeout`.
+    pub async fn wait_for_rows(&self, n: i64, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let rows = self.total_rows().await;
+            if rows >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {rows} of {n} rows after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Deletes this test's queues, exchanges and database.
+    pub async fn cleanup(self) {
+        let topology = &self.topology;
+        for queue in [&topology.queue, &topology.dead_letter_queue] {
+            let _ = self
+                .channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
+            let _ = self
+                .channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.connection.close(200, "done".into()).await;
+        self.pool.close().await;
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_database_url).await {
+            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+/// A job body in the contract's format.
+pub fn job(id: &str, account: &str, tags: &[&str]) -> serde_json::Value {
+    serde_json::json!({"job_id": id, "account": account, "tags": tags})
+}
+
+/// Drains a consumer stream without blocking forever; used by stories that
+/// watch a queue directly.
+pub async fn next_within<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Option<S::Item> {
+    tokio::time::timeout(timeout, stream.next())
+        .await
+        .ok()
+        .flatten()
+}

@@ -92,13 +92,10 @@ impl std::str::FromStr for Region {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Region::ALL
-            .into_iter()
-            .find(|r| r.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| {
-                let names: Vec<&str> = Region::ALL.iter().map(|r| r.name()).collect();
-                format!("unknown region {s:?}; use one of {}", names.join(", "))
-            })
+        Region::ALL.into_iter().find(|r| r.name().eq_ignore_ascii_case(s.trim())).ok_or_else(|| {
+            let names: Vec<&str> = Region::ALL.iter().map(|r| r.name()).collect();
+            format!("unknown region {s:?}; use one of {}", names.join(", "))
+        })
     }
 }
 
@@ -167,18 +164,10 @@ impl CallError {
     /// The operator-facing hint for a credential or configuration stop.
     pub fn what_to_fix(&self) -> &'static str {
         match self.failure().error_code {
-            90009 => {
-                "the identifier is not an app admin: set --identifier/TAGSWEEP_IDENTIFIER to an admin account"
-            }
-            90045 => {
-                "\"Push to all users\" is not enabled: it needs the Premium edition and the console switch"
-            }
-            70016 | 70020 => {
-                "the SDKAppID does not live in this region: check --region/TAGSWEEP_REGION"
-            }
-            70001 | 70052 => {
-                "the UserSig is expired or invalidated: renew --usersig or give --secret-key"
-            }
+            90009 => "the identifier is not an app admin: set --identifier/TAGSWEEP_IDENTIFIER to an admin account",
+            90045 => "\"Push to all users\" is not enabled: it needs the Premium edition and the console switch",
+            70016 | 70020 => "the SDKAppID does not live in this region: check --region/TAGSWEEP_REGION",
+            70001 | 70052 => "the UserSig is expired or invalidated: renew --usersig or give --secret-key",
             404 | 405 => "the API base URL is wrong: check --api-base-url/--region",
             70002..=70014 | 70050 | 70051 | 70398 | 70403 | 72001 => {
                 "the UserSig was refused: check --secret-key (or --usersig), --sdkappid and --identifier"
@@ -193,24 +182,20 @@ impl CallError {
 /// bisection then isolates the job at fault instead of retrying forever.
 pub fn classify_error_code(failure: Failure) -> CallError {
     match failure.error_code {
-        91000 | 90992 | 90994 | 90995 | 60008 | 60013 | 60014 | 70169 | 70202 | 70500 => {
-            CallError::Transient(failure)
-        }
+        91000 | 90992 | 90994 | 90995 | 60008 | 60013 | 60014 | 70169 | 70202 | 70500 => CallError::Transient(failure),
         60007 | 60011 | 60018 | 60019 => CallError::RateLimited(failure),
         70001 | 70052 => CallError::StaleSignature(failure),
-        60004 | 60005 | 60006 | 60010 | 60012 | 60016 | 60017 | 60020 | 60021 | 70002 | 70003
-        | 70005 | 70009 | 70013 | 70014 | 70016 | 70020 | 70050 | 70051 | 70398 | 70403 | 72001
-        | 90009 | 90045 => CallError::Credential(failure),
+        60004 | 60005 | 60006 | 60010 | 60012 | 60016 | 60017 | 60020 | 60021 | 70002 | 70003 | 70005 | 70009
+        | 70013 | 70014 | 70016 | 70020 | 70050 | 70051 | 70398 | 70403 | 72001 | 90009 | 90045 => {
+            CallError::Credential(failure)
+        }
         _ => CallError::Permanent(failure),
     }
 }
 
 /// Classifies an HTTP status other than 200.
 pub fn classify_http_status(status: u16, body_excerpt: &str) -> CallError {
-    let failure = Failure {
-        error_code: i32::from(status),
-        error_info: format!("HTTP {status}: {body_excerpt}"),
-    };
+    let failure = Failure { error_code: i32::from(status), error_info: format!("HTTP {status}: {body_excerpt}") };
     match status {
         429 => CallError::RateLimited(failure),
         401 | 403 | 404 | 405 => CallError::Credential(failure),
@@ -258,15 +243,37 @@ pub struct CallReport {
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
     pub base_url: String,
+    /// Where calls go while the primary cannot be resolved or connected to.
+    pub backup_url: Option<String>,
+    /// How long to stay on the backup before trying the primary again.
+    pub failback_after: Duration,
     pub sdkappid: u64,
     pub identifier: String,
     pub request_timeout: Duration,
 }
 
+impl ClientSettings {
+    /// Settings for one base URL, no backup.
+    pub fn new(base_url: impl Into<String>, sdkappid: u64, identifier: impl Into<String>) -> Self {
+        ClientSettings {
+            base_url: base_url.into(),
+            backup_url: None,
+            failback_after: Duration::from_secs(60),
+            sdkappid,
+            identifier: identifier.into(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
-    url: String,
+    /// Primary and optional backup URL of the endpoint.
+    urls: Arc<[String]>,
+    /// Which of `urls` is in use, and since when.
+    active: Arc<std::sync::Mutex<(usize, Instant)>>,
+    failback_after: Duration,
     sdkappid: String,
     identifier: String,
     signer: Arc<Signer>,
@@ -280,12 +287,14 @@ impl ApiClient {
             .pool_max_idle_per_host(256)
             .user_agent(concat!("tagsweep/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let url = |base: &str| format!("{}{REMOVE_TAG_PATH}", base.trim_end_matches('/'));
+        let urls: Vec<String> =
+            std::iter::once(&settings.base_url).chain(&settings.backup_url).map(|b| url(b)).collect();
         Ok(ApiClient {
             http,
-            url: format!(
-                "{}{REMOVE_TAG_PATH}",
-                settings.base_url.trim_end_matches('/')
-            ),
+            urls: urls.into(),
+            active: Arc::new(std::sync::Mutex::new((0, Instant::now()))),
+            failback_after: settings.failback_after,
             sdkappid: settings.sdkappid.to_string(),
             identifier: settings.identifier.clone(),
             signer,
@@ -296,25 +305,46 @@ impl ApiClient {
         &self.signer
     }
 
+    /// The endpoint to call now: the backup while the primary is known to
+    /// be unreachable, the primary again once `failback_after` has passed.
+    fn current_url(&self) -> (usize, &str) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.0 != 0 && active.1.elapsed() >= self.failback_after {
+            tracing::info!("trying the primary API endpoint again");
+            *active = (0, Instant::now());
+        }
+        (active.0, &self.urls[active.0])
+    }
+
+    /// After a failure to resolve or connect to `index`, moves to the other
+    /// endpoint (if there is one) for the next attempt.
+    fn fail_over_from(&self, index: usize) {
+        if self.urls.len() < 2 {
+            return;
+        }
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.0 == index {
+            let next = (index + 1) % self.urls.len();
+            let which = if next == 0 { "primary" } else { "backup" };
+            tracing::warn!("API endpoint unreachable; failing over to the {which}");
+            *active = (next, Instant::now());
+        }
+    }
+
     /// Sends one `im_remove_tag` request for these entries. Never fails:
     /// every way a call can go wrong is an outcome in the report.
     pub async fn remove_tags(&self, entries: &[Entry]) -> CallReport {
         let body = RemoveTagRequest {
-            user_tags: entries
-                .iter()
-                .map(|e| UserTags {
-                    to_account: &e.account,
-                    tags: &e.tags,
-                })
-                .collect(),
+            user_tags: entries.iter().map(|e| UserTags { to_account: &e.account, tags: &e.tags }).collect(),
         };
         let usersig = self.signer.current();
         let random = rand::random::<u32>().to_string();
         let started_at = Utc::now();
         let clock = Instant::now();
+        let (endpoint, url) = self.current_url();
         let sent = self
             .http
-            .post(&self.url)
+            .post(url)
             .query(&[
                 ("usersig", usersig.expose_secret()),
                 ("identifier", self.identifier.as_str()),
@@ -326,7 +356,12 @@ impl ApiClient {
             .send()
             .await;
         let (http_status, outcome) = match sent {
-            Err(e) => (None, Err(CallError::Transient(network_failure(e)))),
+            Err(e) => {
+                if e.is_connect() {
+                    self.fail_over_from(endpoint);
+                }
+                (None, Err(CallError::Transient(network_failure(e))))
+            }
             Ok(response) => {
                 let status = response.status().as_u16();
                 let bytes = response.bytes().await;
@@ -338,12 +373,7 @@ impl ApiClient {
                 (Some(status), outcome)
             }
         };
-        CallReport {
-            started_at,
-            latency: clock.elapsed(),
-            http_status,
-            outcome,
-        }
+        CallReport { started_at, latency: clock.elapsed(), http_status, outcome }
     }
 }
 
@@ -353,10 +383,7 @@ pub fn interpret(body: &[u8]) -> Result<(), CallError> {
         Ok(answer) if answer.error_code == 0 && answer.action_status == "OK" => Ok(()),
         Ok(answer) if answer.error_code == 0 => Err(CallError::Transient(Failure {
             error_code: 200,
-            error_info: format!(
-                "ActionStatus {:?} with ErrorCode 0: {}",
-                answer.action_status, answer.error_info
-            ),
+            error_info: format!("ActionStatus {:?} with ErrorCode 0: {}", answer.action_status, answer.error_info),
         })),
         Ok(answer) => Err(classify_error_code(Failure {
             error_code: i32::try_from(answer.error_code).unwrap_or(i32::MAX),
@@ -366,10 +393,7 @@ pub fn interpret(body: &[u8]) -> Result<(), CallError> {
         // have reached Tencent at all, so it is worth another try.
         Err(_) => Err(CallError::Transient(Failure {
             error_code: 200,
-            error_info: format!(
-                "HTTP 200 with a body that is not the API's JSON: {}",
-                excerpt(body)
-            ),
+            error_info: format!("HTTP 200 with a body that is not the API's JSON: {}", excerpt(body)),
         })),
     }
 }
@@ -406,10 +430,7 @@ fn network_failure(error: reqwest::Error) -> Failure {
         }
         info.truncate(cut);
     }
-    Failure {
-        error_code: 0,
-        error_info: info,
-    }
+    Failure { error_code: 0, error_info: info }
 }
 
 #[cfg(test)]
@@ -417,18 +438,12 @@ mod tests {
     use super::*;
 
     fn class_of(code: i32) -> &'static str {
-        classify_error_code(Failure {
-            error_code: code,
-            error_info: String::new(),
-        })
-        .class()
+        classify_error_code(Failure { error_code: code, error_info: String::new() }).class()
     }
 
     #[test]
     fn error_table() {
-        for code in [
-            91000, 90992, 90994, 90995, 60008, 60013, 60014, 70169, 70202, 70500,
-        ] {
+        for code in [91000, 90992, 90994, 90995, 60008, 60013, 60014, 70169, 70202, 70500] {
             assert_eq!(class_of(code), "transient", "{code}");
         }
         for code in [60007, 60011, 60018, 60019] {
@@ -437,14 +452,12 @@ mod tests {
         assert_eq!(class_of(70001), "stale_signature");
         assert_eq!(class_of(70052), "stale_signature");
         for code in [
-            60004, 60005, 60006, 60010, 60012, 60016, 60017, 60020, 60021, 70002, 70003, 70005,
-            70009, 70013, 70014, 70016, 70020, 70050, 70051, 70398, 70403, 72001, 90009, 90045,
+            60004, 60005, 60006, 60010, 60012, 60016, 60017, 60020, 60021, 70002, 70003, 70005, 70009, 70013, 70014,
+            70016, 70020, 70050, 70051, 70398, 70403, 72001, 90009, 90045,
         ] {
             assert_eq!(class_of(code), "credential", "{code}");
         }
-        for code in [
-            60002, 60003, 60015, 70107, 70206, 70402, 90001, 90018, 90020, 90032, 90040, 12345,
-        ] {
+        for code in [60002, 60003, 60015, 70107, 70206, 70402, 90001, 90018, 90020, 90032, 90040, 12345] {
             assert_eq!(class_of(code), "permanent", "{code}");
         }
     }
@@ -461,37 +474,16 @@ mod tests {
 
     #[test]
     fn answers() {
-        assert_eq!(
-            interpret(br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#),
-            Ok(())
-        );
-        let err = interpret(br#"{"ActionStatus":"FAIL","ErrorInfo":"busy","ErrorCode":91000}"#)
-            .unwrap_err();
-        assert_eq!(
-            err,
-            CallError::Transient(Failure {
-                error_code: 91000,
-                error_info: "busy".into()
-            })
-        );
-        assert_eq!(
-            interpret(b"<html>bad gateway</html>").unwrap_err().class(),
-            "transient"
-        );
+        assert_eq!(interpret(br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#), Ok(()));
+        let err = interpret(br#"{"ActionStatus":"FAIL","ErrorInfo":"busy","ErrorCode":91000}"#).unwrap_err();
+        assert_eq!(err, CallError::Transient(Failure { error_code: 91000, error_info: "busy".into() }));
+        assert_eq!(interpret(b"<html>bad gateway</html>").unwrap_err().class(), "transient");
     }
 
     #[test]
     fn regions() {
-        assert_eq!(
-            "silicon-valley".parse::<Region>(),
-            Ok(Region::SiliconValley)
-        );
+        assert_eq!("silicon-valley".parse::<Region>(), Ok(Region::SiliconValley));
         assert_eq!(Region::China.base_url(), "https://console.tim.qq.com");
-        assert!(
-            "mars"
-                .parse::<Region>()
-                .unwrap_err()
-                .contains("china, singapore")
-        );
+        assert!("mars".parse::<Region>().unwrap_err().contains("china, singapore"));
     }
 }

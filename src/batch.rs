@@ -22,9 +22,7 @@ impl BatchSize {
     pub const MAX: BatchSize = BatchSize(MAX_BATCH_SIZE);
 
     pub fn new(size: usize) -> Option<Self> {
-        (1..=MAX_BATCH_SIZE)
-            .contains(&size)
-            .then_some(BatchSize(size))
+        (1..=MAX_BATCH_SIZE).contains(&size).then_some(BatchSize(size))
     }
 
     pub fn get(self) -> usize {
@@ -103,8 +101,7 @@ impl Batch {
         let half = self.entries.len() / 2;
         for (i, entry) in self.entries.into_iter().enumerate() {
             let side = if i < half { &mut left } else { &mut right };
-            side.try_push(entry)
-                .expect("a subset of a valid batch is valid");
+            side.try_push(entry).expect("a subset of a valid batch is valid");
         }
         Some((left, right))
     }
@@ -119,10 +116,7 @@ pub struct Packer {
 
 impl Packer {
     pub fn new(size: BatchSize) -> Self {
-        Packer {
-            waiting: VecDeque::new(),
-            size,
-        }
+        Packer { waiting: VecDeque::new(), size }
     }
 
     pub fn push(&mut self, entry: Entry, now: Instant) {
@@ -180,11 +174,7 @@ mod tests {
     use super::*;
 
     fn entry(job: u64, account: &str) -> Entry {
-        Entry {
-            part: PartId { job, index: 0 },
-            account: account.into(),
-            tags: vec!["t".to_owned()].into(),
-        }
+        Entry { part: PartId { job, index: 0 }, account: account.into(), tags: vec!["t".to_owned()].into() }
     }
 
     #[test]
@@ -214,21 +204,9 @@ mod tests {
             packer.push(entry(job, account), now);
         }
         assert!(packer.has_full_batch());
-        let first: Vec<u64> = packer
-            .take_batch()
-            .unwrap()
-            .entries()
-            .iter()
-            .map(|e| e.part.job)
-            .collect();
+        let first: Vec<u64> = packer.take_batch().unwrap().entries().iter().map(|e| e.part.job).collect();
         assert_eq!(first, [1, 3, 4]);
-        let second: Vec<u64> = packer
-            .take_batch()
-            .unwrap()
-            .entries()
-            .iter()
-            .map(|e| e.part.job)
-            .collect();
+        let second: Vec<u64> = packer.take_batch().unwrap().entries().iter().map(|e| e.part.job).collect();
         assert_eq!(second, [2, 5]);
         assert!(packer.take_batch().is_none());
     }

@@ -11,15 +11,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::RunArgs;
-use crate::sim::{SimConfig, Simulator};
+use crate::sim::{Faults, SimConfig, Simulator};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "tagsweep",
-    version,
-    about = "Removes Tencent Cloud Chat push tags from a RabbitMQ queue, reliably"
-)]
+#[command(name = "tagsweep", version, about = "Removes Tencent Cloud Chat push tags from a RabbitMQ queue, reliably")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -56,6 +52,24 @@ pub struct SimulateArgs {
     /// Up to this much more or less latency.
     #[arg(long, default_value_t = 0)]
     pub jitter_ms: u64,
+    /// Probability (0 to 1) that a call answers 91000 (internal error, retry).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_91000: f64,
+    /// Probability (0 to 1) that a call answers HTTP 502.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_502: f64,
+    /// ACCOUNT=CODE: a request holding ACCOUNT fails with CODE (repeatable).
+    #[arg(long = "poison", value_parser = parse_poison)]
+    pub poison: Vec<(String, i64)>,
+    /// Answer every call with this ErrorCode (e.g. 90045 to rehearse a credential stop).
+    #[arg(long)]
+    pub always: Option<i64>,
+}
+
+fn parse_poison(text: &str) -> Result<(String, i64), String> {
+    let (account, code) = text.split_once('=').ok_or("expected ACCOUNT=CODE")?;
+    let code = code.parse().map_err(|_| format!("{code:?} is not an ErrorCode"))?;
+    Ok((account.to_owned(), code))
 }
 
 /// Runs the command line; returns the process exit code.
@@ -84,7 +98,14 @@ pub async fn run(cli: Cli) -> i32 {
             config.max_calls_per_second = args.max_calls_per_second;
             config.latency = Duration::from_millis(args.latency_ms);
             config.jitter = Duration::from_millis(args.jitter_ms);
-            match Simulator::new(config).spawn(args.listen).await {
+            let faults = Faults {
+                error_91000: args.fail_91000,
+                http_502: args.fail_502,
+                poison: args.poison.into_iter().collect(),
+                always: args.always,
+                ..Faults::default()
+            };
+            match Simulator::new(config).with_faults(faults).spawn(args.listen).await {
                 Ok(running) => {
                     tracing::info!("simulator listening on {}", running.base_url());
                     shutdown_signal().await;
@@ -104,14 +125,13 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

@@ -19,13 +19,9 @@ use crate::batch::{BatchSize, MAX_BATCH_SIZE};
 pub enum ConfigError {
     #[error("no SDKAppID: pass --sdkappid or set TAGSWEEP_SDKAPPID")]
     MissingSdkAppId,
-    #[error(
-        "no credential: pass --secret-key (TAGSWEEP_SECRET_KEY) or a ready-made --usersig (TAGSWEEP_USERSIG)"
-    )]
+    #[error("no credential: pass --secret-key (TAGSWEEP_SECRET_KEY) or a ready-made --usersig (TAGSWEEP_USERSIG)")]
     MissingCredential,
-    #[error(
-        "no API endpoint: pass --region (TAGSWEEP_REGION) or --api-base-url (TAGSWEEP_API_BASE_URL)"
-    )]
+    #[error("no API endpoint: pass --region (TAGSWEEP_REGION) or --api-base-url (TAGSWEEP_API_BASE_URL)")]
     MissingEndpoint,
     #[error("--region: {0}")]
     UnknownRegion(String),
@@ -101,8 +97,6 @@ pub struct Config {
     pub amqp_url: SecretString,
     pub database_url: SecretString,
     pub api: ClientSettings,
-    /// Where to go when the primary cannot be resolved or reached.
-    pub api_backup_url: Option<String>,
     pub credential: Credential,
     pub topology: Topology,
     pub max_calls_per_second: u32,
@@ -185,12 +179,7 @@ pub struct RunArgs {
 /// command that talks to RabbitMQ.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
     pub amqp_url: String,
     #[arg(long, env = "TAGSWEEP_EXCHANGE", default_value = "tagsweep")]
     pub exchange: String,
@@ -198,17 +187,9 @@ pub struct BrokerArgs {
     pub routing_key: String,
     #[arg(long, env = "TAGSWEEP_QUEUE", default_value = "tagsweep.remove")]
     pub queue: String,
-    #[arg(
-        long,
-        env = "TAGSWEEP_DEAD_LETTER_EXCHANGE",
-        default_value = "tagsweep.dead"
-    )]
+    #[arg(long, env = "TAGSWEEP_DEAD_LETTER_EXCHANGE", default_value = "tagsweep.dead")]
     pub dead_letter_exchange: String,
-    #[arg(
-        long,
-        env = "TAGSWEEP_DEAD_LETTER_QUEUE",
-        default_value = "tagsweep.dead"
-    )]
+    #[arg(long, env = "TAGSWEEP_DEAD_LETTER_QUEUE", default_value = "tagsweep.dead")]
     pub dead_letter_queue: String,
 }
 
@@ -237,13 +218,8 @@ impl BrokerArgs {
 
 fn check_base_url(url: &str) -> Result<String, ConfigError> {
     let trimmed = url.trim().trim_end_matches('/');
-    let ok = (trimmed.starts_with("http://") || trimmed.starts_with("https://"))
-        && !trimmed.contains('?');
-    if ok {
-        Ok(trimmed.to_owned())
-    } else {
-        Err(ConfigError::BadBaseUrl(url.to_owned()))
-    }
+    let ok = (trimmed.starts_with("http://") || trimmed.starts_with("https://")) && !trimmed.contains('?');
+    if ok { Ok(trimmed.to_owned()) } else { Err(ConfigError::BadBaseUrl(url.to_owned())) }
 }
 
 impl RunArgs {
@@ -261,18 +237,14 @@ impl RunArgs {
         };
         let (base_url, backup) = match (non_empty(self.api_base_url), region) {
             (Some(url), _) => (check_base_url(&url)?, None),
-            (None, Some(region)) => (
-                region.base_url(),
-                Some(format!("https://{}", region.backup_domain())),
-            ),
+            (None, Some(region)) => (region.base_url(), Some(format!("https://{}", region.backup_domain()))),
             (None, None) => return Err(ConfigError::MissingEndpoint),
         };
         let api_backup_url = match non_empty(self.api_backup_url) {
             Some(url) => Some(check_base_url(&url)?),
             None => backup,
         };
-        let batch_size =
-            BatchSize::new(self.batch_size).ok_or(ConfigError::BadBatchSize(self.batch_size))?;
+        let batch_size = BatchSize::new(self.batch_size).ok_or(ConfigError::BadBatchSize(self.batch_size))?;
         if self.max_calls_per_second == 0 {
             return Err(ConfigError::ZeroRate);
         }
@@ -285,11 +257,12 @@ impl RunArgs {
             database_url: SecretString::from(self.database_url),
             api: ClientSettings {
                 base_url,
+                backup_url: api_backup_url,
+                failback_after: Duration::from_secs(60),
                 sdkappid,
                 identifier: self.identifier,
                 request_timeout: ms(self.request_timeout_ms.max(1)),
             },
-            api_backup_url,
             credential,
             topology: self.broker.topology()?,
             max_calls_per_second: self.max_calls_per_second,
@@ -323,10 +296,7 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["tagsweep"];
         argv.extend_from_slice(args);
-        Cli::try_parse_from(argv)
-            .expect("flags parse")
-            .run
-            .into_config()
+        Cli::try_parse_from(argv).expect("flags parse").run.into_config()
     }
 
     // Env vars would leak into these tests; the flags below set every field that matters.
@@ -335,33 +305,15 @@ mod tests {
         if std::env::vars().any(|(k, _)| k.starts_with("TAGSWEEP_")) {
             return; // A developer's environment is configured; the flag checks below assume none.
         }
-        assert_eq!(
-            parse(&["--secret-key", "k", "--region", "china"]).unwrap_err(),
-            ConfigError::MissingSdkAppId
-        );
-        assert_eq!(
-            parse(&["--sdkappid", "1", "--region", "china"]).unwrap_err(),
-            ConfigError::MissingCredential
-        );
-        assert_eq!(
-            parse(&["--sdkappid", "1", "--secret-key", "k"]).unwrap_err(),
-            ConfigError::MissingEndpoint
-        );
+        assert_eq!(parse(&["--secret-key", "k", "--region", "china"]).unwrap_err(), ConfigError::MissingSdkAppId);
+        assert_eq!(parse(&["--sdkappid", "1", "--region", "china"]).unwrap_err(), ConfigError::MissingCredential);
+        assert_eq!(parse(&["--sdkappid", "1", "--secret-key", "k"]).unwrap_err(), ConfigError::MissingEndpoint);
         assert!(matches!(
             parse(&["--sdkappid", "1", "--secret-key", "k", "--region", "mars"]),
             Err(ConfigError::UnknownRegion(_))
         ));
-        let err = parse(&[
-            "--sdkappid",
-            "1",
-            "--secret-key",
-            "k",
-            "--region",
-            "china",
-            "--batch-size",
-            "101",
-        ])
-        .unwrap_err();
+        let err =
+            parse(&["--sdkappid", "1", "--secret-key", "k", "--region", "china", "--batch-size", "101"]).unwrap_err();
         assert_eq!(err, ConfigError::BadBatchSize(101));
         assert!(err.to_string().contains("1 to 100"));
     }
@@ -373,27 +325,13 @@ mod tests {
         }
         let config = parse(&["--sdkappid", "1", "--secret-key", "k", "--region", "tokyo"]).unwrap();
         assert_eq!(config.api.base_url, "https://adminapijpn.im.qcloud.com");
-        assert_eq!(
-            config.api_backup_url.as_deref(),
-            Some("https://adminapijpn.my-imcloud.com")
-        );
-        let config = parse(&[
-            "--sdkappid",
-            "1",
-            "--usersig",
-            "s",
-            "--region",
-            "tokyo",
-            "--api-base-url",
-            "http://127.0.0.1:9/",
-        ])
-        .unwrap();
+        assert_eq!(config.api.backup_url.as_deref(), Some("https://adminapijpn.my-imcloud.com"));
+        let config =
+            parse(&["--sdkappid", "1", "--usersig", "s", "--region", "tokyo", "--api-base-url", "http://127.0.0.1:9/"])
+                .unwrap();
         assert_eq!(config.api.base_url, "http://127.0.0.1:9");
-        assert_eq!(config.api_backup_url, None);
+        assert_eq!(config.api.backup_url, None);
         assert!(matches!(config.credential, Credential::UserSig(_)));
-        assert!(
-            !format!("{config:?}").contains("\"s\""),
-            "Debug must not print the UserSig"
-        );
+        assert!(!format!("{config:?}").contains("\"s\""), "Debug must not print the UserSig");
     }
 }

@@ -57,40 +57,22 @@ pub struct InvalidJob {
 
 /// Parses a message body. `message_id` is the AMQP property, the fallback id.
 pub fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, InvalidJob> {
-    let fallback_id =
-        || match message_id.filter(|id| !id.is_empty() && id.len() <= MAX_JOB_ID_BYTES) {
-            Some(id) => (id.to_owned(), IdSource::MessageId),
-            None => (uuid::Uuid::new_v4().to_string(), IdSource::Assigned),
-        };
-    let invalid = |(id, id_source): (String, IdSource),
-                   account: Option<String>,
-                   tags: Vec<String>,
-                   reason: String| {
-        InvalidJob {
-            id,
-            id_source,
-            account,
-            tags,
-            reason,
-        }
+    let fallback_id = || match message_id.filter(|id| !id.is_empty() && id.len() <= MAX_JOB_ID_BYTES) {
+        Some(id) => (id.to_owned(), IdSource::MessageId),
+        None => (uuid::Uuid::new_v4().to_string(), IdSource::Assigned),
+    };
+    let invalid = |(id, id_source): (String, IdSource), account: Option<String>, tags: Vec<String>, reason: String| {
+        InvalidJob { id, id_source, account, tags, reason }
     };
 
     if body.len() > MAX_BODY_BYTES {
-        let reason = format!(
-            "body is {} bytes; at most {MAX_BODY_BYTES} are accepted",
-            body.len()
-        );
+        let reason = format!("body is {} bytes; at most {MAX_BODY_BYTES} are accepted", body.len());
         return Err(invalid(fallback_id(), None, Vec::new(), reason));
     }
     let text = match std::str::from_utf8(body) {
         Ok(text) => text,
         Err(e) => {
-            return Err(invalid(
-                fallback_id(),
-                None,
-                Vec::new(),
-                format!("body is not UTF-8: {e}"),
-            ));
+            return Err(invalid(fallback_id(), None, Vec::new(), format!("body is not UTF-8: {e}")));
         }
     };
     let object = match serde_json::from_str::<Value>(text) {
@@ -100,12 +82,7 @@ pub fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, InvalidJob> {
             return Err(invalid(fallback_id(), None, Vec::new(), reason));
         }
         Err(e) => {
-            return Err(invalid(
-                fallback_id(),
-                None,
-                Vec::new(),
-                format!("body is not JSON: {e}"),
-            ));
+            return Err(invalid(fallback_id(), None, Vec::new(), format!("body is not JSON: {e}")));
         }
     };
 
@@ -114,20 +91,18 @@ pub fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, InvalidJob> {
     let id = match object.get("job_id") {
         None | Some(Value::Null) => Ok(fallback_id()),
         Some(Value::String(id)) if id.is_empty() => Err("job_id must not be empty".to_owned()),
-        Some(Value::String(id)) if id.len() > MAX_JOB_ID_BYTES => Err(format!(
-            "job_id is {} bytes; at most {MAX_JOB_ID_BYTES}",
-            id.len()
-        )),
+        Some(Value::String(id)) if id.len() > MAX_JOB_ID_BYTES => {
+            Err(format!("job_id is {} bytes; at most {MAX_JOB_ID_BYTES}", id.len()))
+        }
         Some(Value::String(id)) => Ok((id.clone(), IdSource::Body)),
         Some(other) => Err(format!("job_id must be a string, not {}", kind(other))),
     };
     let account = match object.get("account") {
         None | Some(Value::Null) => Err("account is required".to_owned()),
         Some(Value::String(a)) if a.is_empty() => Err("account must not be empty".to_owned()),
-        Some(Value::String(a)) if a.len() > MAX_ACCOUNT_BYTES => Err(format!(
-            "account is {} bytes; a UserID is at most {MAX_ACCOUNT_BYTES}",
-            a.len()
-        )),
+        Some(Value::String(a)) if a.len() > MAX_ACCOUNT_BYTES => {
+            Err(format!("account is {} bytes; a UserID is at most {MAX_ACCOUNT_BYTES}", a.len()))
+        }
         Some(Value::String(a)) => Ok(a.clone()),
         Some(other) => Err(format!("account must be a string, not {}", kind(other))),
     };
@@ -139,29 +114,15 @@ pub fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, InvalidJob> {
         Err((_, partial)) => partial.clone(),
     };
     match (id, account, tags) {
-        (Ok((id, id_source)), Ok(account), Ok(tags)) => Ok(Job {
-            id,
-            id_source,
-            account,
-            tags,
-        }),
+        (Ok((id, id_source)), Ok(account), Ok(tags)) => Ok(Job { id, id_source, account, tags }),
         (id, account, tags) => {
-            let reasons: Vec<String> = [
-                id.as_ref().err(),
-                account.as_ref().err(),
-                tags.as_ref().err().map(|(r, _)| r),
-            ]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+            let reasons: Vec<String> = [id.as_ref().err(), account.as_ref().err(), tags.as_ref().err().map(|(r, _)| r)]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
             let id = id.unwrap_or_else(|_| fallback_id());
-            Err(invalid(
-                id,
-                readable_account,
-                readable_tags,
-                reasons.join("; "),
-            ))
+            Err(invalid(id, readable_account, readable_tags, reasons.join("; ")))
         }
     }
 }
@@ -173,10 +134,7 @@ fn read_tags(value: Option<&Value>) -> Result<Vec<String>, (String, Vec<String>)
         None | Some(Value::Null) => return Err(("tags is required".to_owned(), Vec::new())),
         Some(Value::Array(items)) => items,
         Some(other) => {
-            return Err((
-                format!("tags must be an array of strings, not {}", kind(other)),
-                Vec::new(),
-            ));
+            return Err((format!("tags must be an array of strings, not {}", kind(other)), Vec::new()));
         }
     };
     let mut tags: Vec<String> = Vec::with_capacity(items.len().min(MAX_TAGS_PER_JOB));
@@ -186,10 +144,9 @@ fn read_tags(value: Option<&Value>) -> Result<Vec<String>, (String, Vec<String>)
     for (i, item) in items.iter().enumerate() {
         match item {
             Value::String(t) if t.is_empty() => problems.push(format!("tags[{i}] is empty")),
-            Value::String(t) if t.len() > MAX_TAG_BYTES => problems.push(format!(
-                "tags[{i}] is {} bytes; a tag is at most {MAX_TAG_BYTES}",
-                t.len()
-            )),
+            Value::String(t) if t.len() > MAX_TAG_BYTES => {
+                problems.push(format!("tags[{i}] is {} bytes; a tag is at most {MAX_TAG_BYTES}", t.len()))
+            }
             Value::String(t) => {
                 if seen.insert(t.as_str()) {
                     tags.push(t.clone());
@@ -202,10 +159,7 @@ fn read_tags(value: Option<&Value>) -> Result<Vec<String>, (String, Vec<String>)
         problems.push("tags must hold at least one tag".to_owned());
     }
     if tags.len() > MAX_TAGS_PER_JOB {
-        problems.push(format!(
-            "{} distinct tags; a job holds at most {MAX_TAGS_PER_JOB}",
-            tags.len()
-        ));
+        problems.push(format!("{} distinct tags; a job holds at most {MAX_TAGS_PER_JOB}", tags.len()));
     }
     if problems.is_empty() {
         Ok(tags)
@@ -245,9 +199,7 @@ mod tests {
 
     #[test]
     fn reads_the_contract_example() {
-        let job = ok(
-            r#"{"job_id": "evt-8f2c-0001", "account": "xiaojun012", "tags": ["a", "b"], "extra": 1}"#,
-        );
+        let job = ok(r#"{"job_id": "evt-8f2c-0001", "account": "xiaojun012", "tags": ["a", "b"], "extra": 1}"#);
         assert_eq!(job.id, "evt-8f2c-0001");
         assert_eq!(job.id_source, IdSource::Body);
         assert_eq!(job.account, "xiaojun012");
@@ -258,10 +210,7 @@ mod tests {
     fn id_falls_back_to_message_id_then_uuid() {
         let body = br#"{"account": "u", "tags": ["a"]}"#;
         let job = parse(body, Some("m-7")).unwrap();
-        assert_eq!(
-            (job.id.as_str(), job.id_source),
-            ("m-7", IdSource::MessageId)
-        );
+        assert_eq!((job.id.as_str(), job.id_source), ("m-7", IdSource::MessageId));
         let job = parse(body, None).unwrap();
         assert_eq!(job.id_source, IdSource::Assigned);
         assert!(uuid::Uuid::parse_str(&job.id).is_ok());
@@ -293,38 +242,24 @@ mod tests {
         assert!(reason(br#"{"account": "", "tags": ["a"]}"#).contains("account must not be empty"));
         assert!(reason(br#"{"account": 12, "tags": ["a"]}"#).contains("account must be a string"));
         let long = "x".repeat(33);
-        assert!(
-            reason(format!(r#"{{"account": "{long}", "tags": ["a"]}}"#).as_bytes())
-                .contains("at most 32")
-        );
+        assert!(reason(format!(r#"{{"account": "{long}", "tags": ["a"]}}"#).as_bytes()).contains("at most 32"));
         assert!(reason(br#"{"account": "u"}"#).contains("tags is required"));
         assert!(reason(br#"{"account": "u", "tags": []}"#).contains("at least one tag"));
         assert!(reason(br#"{"account": "u", "tags": "a"}"#).contains("must be an array"));
-        assert!(
-            reason(br#"{"account": "u", "tags": ["a", 3]}"#).contains("tags[1] must be a string")
-        );
+        assert!(reason(br#"{"account": "u", "tags": ["a", 3]}"#).contains("tags[1] must be a string"));
         assert!(reason(br#"{"account": "u", "tags": [""]}"#).contains("tags[0] is empty"));
         let tag = "t".repeat(51);
-        assert!(
-            reason(format!(r#"{{"account": "u", "tags": ["{tag}"]}}"#).as_bytes())
-                .contains("at most 50")
-        );
+        assert!(reason(format!(r#"{{"account": "u", "tags": ["{tag}"]}}"#).as_bytes()).contains("at most 50"));
         let many: Vec<String> = (0..101).map(|i| format!("t{i}")).collect();
         let body = serde_json::json!({"account": "u", "tags": many}).to_string();
         assert!(reason(body.as_bytes()).contains("101 distinct tags"));
-        assert!(
-            reason(br#"{"job_id": "", "account": "u", "tags": ["a"]}"#)
-                .contains("job_id must not be empty")
-        );
+        assert!(reason(br#"{"job_id": "", "account": "u", "tags": ["a"]}"#).contains("job_id must not be empty"));
         let id = "j".repeat(129);
         assert!(
             reason(format!(r#"{{"job_id": "{id}", "account": "u", "tags": ["a"]}}"#).as_bytes())
                 .contains("job_id is 129")
         );
-        assert!(
-            reason(br#"{"job_id": 5, "account": "u", "tags": ["a"]}"#)
-                .contains("job_id must be a string")
-        );
+        assert!(reason(br#"{"job_id": 5, "account": "u", "tags": ["a"]}"#).contains("job_id must be a string"));
     }
 
     #[test]
@@ -338,11 +273,7 @@ mod tests {
 
     #[test]
     fn invalid_job_keeps_what_could_be_read() {
-        let invalid = parse(
-            br#"{"job_id": "j1", "account": "u", "tags": ["ok", ""]}"#,
-            None,
-        )
-        .unwrap_err();
+        let invalid = parse(br#"{"job_id": "j1", "account": "u", "tags": ["ok", ""]}"#, None).unwrap_err();
         assert_eq!(invalid.id, "j1");
         assert_eq!(invalid.account.as_deref(), Some("u"));
         assert_eq!(invalid.tags, ["ok"]);

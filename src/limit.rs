@@ -42,10 +42,7 @@ impl Pacer {
             max_calls,
             window,
             spacing: window / max_calls as u32,
-            state: Mutex::new(State {
-                sent: VecDeque::with_capacity(max_calls + 1),
-                paused_until: None,
-            }),
+            state: Mutex::new(State { sent: VecDeque::with_capacity(max_calls + 1), paused_until: None }),
         }
     }
 
@@ -58,10 +55,7 @@ impl Pacer {
             let slot = self.reserve(Instant::now());
             tokio::time::sleep_until(slot).await;
             // A pause that began while we slept moves us behind it.
-            let paused = self
-                .lock()
-                .paused_until
-                .is_some_and(|until| until > Instant::now());
+            let paused = self.lock().paused_until.is_some_and(|until| until > Instant::now());
             if !paused {
                 return start.elapsed();
             }
@@ -97,9 +91,7 @@ impl Pacer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -170,9 +162,7 @@ mod tests {
     #[test]
     fn peak_counts_a_half_open_window() {
         let t0 = Instant::now();
-        let times: Vec<Instant> = (0..5)
-            .map(|i| t0 + Duration::from_millis(i * 300))
-            .collect();
+        let times: Vec<Instant> = (0..5).map(|i| t0 + Duration::from_millis(i * 300)).collect();
         assert_eq!(peak_in_window(&times, Duration::from_secs(1)), 4);
     }
 }

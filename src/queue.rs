@@ -13,8 +13,7 @@
 use std::collections::BTreeSet;
 
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -41,8 +40,7 @@ pub enum QueueError {
 
 /// Connects to the broker. The URL may hold a password: it is never logged.
 pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, QueueError> {
-    let properties =
-        ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
+    let properties = ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
     Ok(Connection::connect(url.expose_secret(), properties).await?)
 }
 
@@ -50,17 +48,9 @@ pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, Queue
 /// run from every worker at every start; a queue that exists with other
 /// arguments makes the broker refuse, and that error says so.
 pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), QueueError> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
+    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     channel
-        .exchange_declare(
-            topology.exchange.as_str().into(),
-            ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        )
+        .exchange_declare(topology.exchange.as_str().into(), ExchangeKind::Direct, durable, FieldTable::default())
         .await?;
     channel
         .exchange_declare(
@@ -71,26 +61,13 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Queue
         )
         .await?;
 
-    let queue_options = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
+    let queue_options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()),
-    );
-    arguments.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongInt(DELIVERY_LIMIT),
-    );
-    channel
-        .queue_declare(topology.queue.as_str().into(), queue_options, arguments)
-        .await?;
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    arguments
+        .insert("x-dead-letter-exchange".into(), AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()));
+    arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(DELIVERY_LIMIT));
+    channel.queue_declare(topology.queue.as_str().into(), queue_options, arguments).await?;
     channel
         .queue_bind(
             topology.queue.as_str().into(),
@@ -101,13 +78,7 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Queue
         )
         .await?;
 
-    channel
-        .queue_declare(
-            topology.dead_letter_queue.as_str().into(),
-            queue_options,
-            FieldTable::default(),
-        )
-        .await?;
+    channel.queue_declare(topology.dead_letter_queue.as_str().into(), queue_options, FieldTable::default()).await?;
     channel
         .queue_bind(
             topology.dead_letter_queue.as_str().into(),
@@ -197,13 +168,8 @@ pub struct DeadLetters {
 impl DeadLetters {
     pub async fn open(connection: &Connection, exchange: &str) -> Result<Self, QueueError> {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(DeadLetters {
-            channel,
-            exchange: exchange.to_owned(),
-        })
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(DeadLetters { channel, exchange: exchange.to_owned() })
     }
 
     /// Publishes every letter, then waits for each confirm. Any refusal
@@ -235,18 +201,9 @@ impl DeadLetters {
 /// The original properties with the CONTRACT §3 headers added.
 fn with_failure_headers(letter: &DeadLetter) -> BasicProperties {
     let mut headers = letter.properties.headers().clone().unwrap_or_default();
-    headers.insert(
-        HEADER_JOB_ID.into(),
-        AMQPValue::LongString(letter.job_id.as_str().into()),
-    );
-    headers.insert(
-        HEADER_ERROR_CODE.into(),
-        AMQPValue::LongInt(letter.error_code),
-    );
-    headers.insert(
-        HEADER_ERROR_INFO.into(),
-        AMQPValue::LongString(letter.error_info.as_str().into()),
-    );
+    headers.insert(HEADER_JOB_ID.into(), AMQPValue::LongString(letter.job_id.as_str().into()));
+    headers.insert(HEADER_ERROR_CODE.into(), AMQPValue::LongInt(letter.error_code));
+    headers.insert(HEADER_ERROR_INFO.into(), AMQPValue::LongString(letter.error_info.as_str().into()));
     headers.insert(HEADER_ATTEMPTS.into(), AMQPValue::LongInt(letter.attempts));
     letter.properties.clone().with_headers(headers)
 }
@@ -287,21 +244,9 @@ mod tests {
             tracker.hold(tag);
         }
         // 3 is still in work: 1 and 2 go as one multiple ack, 5 alone.
-        assert_eq!(
-            tracker.settle(&[1, 2, 5]),
-            AckPlan {
-                up_to: Some(2),
-                singles: vec![5]
-            }
-        );
+        assert_eq!(tracker.settle(&[1, 2, 5]), AckPlan { up_to: Some(2), singles: vec![5] });
         // Once 3 and 4 finish, everything left below 6 can go at once.
-        assert_eq!(
-            tracker.settle(&[4, 3]),
-            AckPlan {
-                up_to: Some(4),
-                singles: vec![]
-            }
-        );
+        assert_eq!(tracker.settle(&[4, 3]), AckPlan { up_to: Some(4), singles: vec![] });
         assert_eq!(tracker.release_all(), vec![6]);
         assert!(tracker.is_empty());
     }

@@ -10,9 +10,15 @@
 //! shapes from the server's side. Tests and the demo use it; production
 //! never does.
 //!
+//! Outages can be rehearsed with [`Faults`]: a probability of 91000 or of
+//! HTTP 502, accounts that always fail with a given code, a code answered to
+//! every call or to the next few, and extra latency. They are set from
+//! `tagsweep simulate` flags or at run time through `PUT /sim/faults`.
+//!
 //! Endpoints: `POST /v4/all_member_push/im_remove_tag` and `im_add_tag`
 //! (Tencent's shapes), `GET /sim/users/{account}` (a user's tags),
-//! `GET /sim/stats` (counts, peak calls per second, rule violations).
+//! `GET /sim/stats` (counts, peak calls per second, rule violations),
+//! `GET`/`PUT /sim/faults`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -57,6 +63,26 @@ impl SimConfig {
     }
 }
 
+/// Failures to inject. All off by default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Faults {
+    /// Probability (0 to 1) that an otherwise good call answers 91000.
+    pub error_91000: f64,
+    /// Probability (0 to 1) of an HTTP 502 with a proxy's HTML page.
+    pub http_502: f64,
+    /// A request holding one of these accounts fails whole with its code.
+    pub poison: std::collections::BTreeMap<String, i64>,
+    /// A request holding one of these tags fails whole with its code.
+    pub poison_tags: std::collections::BTreeMap<String, i64>,
+    /// Every call answers this ErrorCode (e.g. 90045, 70003) while set.
+    pub always: Option<i64>,
+    /// The next calls answer these codes, one each, in order (502 is HTTP 502).
+    pub next: std::collections::VecDeque<i64>,
+    /// Added latency (on top of the configured one).
+    pub extra_latency_ms: u64,
+}
+
 /// One call as the simulator saw it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SeenCall {
@@ -93,6 +119,7 @@ struct Ledger {
     calls: Vec<SeenCall>,
     /// Arrival times in the last second, for the rate check.
     window: std::collections::VecDeque<Instant>,
+    faults: Faults,
 }
 
 /// The simulator's shared state; clone it freely.
@@ -122,12 +149,25 @@ impl Drop for Running {
     }
 }
 
+/// An HTTP 502 stands for the network failing between us and Tencent.
+const HTTP_502: i64 = 502;
+
 impl Simulator {
     pub fn new(config: SimConfig) -> Self {
-        Simulator {
-            config: Arc::new(config),
-            ledger: Arc::default(),
-        }
+        Simulator { config: Arc::new(config), ledger: Arc::default() }
+    }
+
+    pub fn with_faults(self, faults: Faults) -> Self {
+        self.set_faults(faults);
+        self
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.ledger().faults = faults;
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.ledger().faults.clone()
     }
 
     /// Serves on `addr` (port 0 picks a free one) until dropped.
@@ -140,11 +180,7 @@ impl Simulator {
                 tracing::error!("simulator stopped: {error}");
             }
         });
-        Ok(Running {
-            addr,
-            simulator: self,
-            task,
-        })
+        Ok(Running { addr, simulator: self, task })
     }
 
     pub fn router(&self) -> Router {
@@ -153,24 +189,19 @@ impl Simulator {
             .route("/v4/all_member_push/im_add_tag", post(add_tag))
             .route("/sim/users/{account}", get(user_tags))
             .route("/sim/stats", get(stats))
+            .route("/sim/faults", get(get_faults).put(put_faults))
             .route("/healthz", get(|| async { "ok" }))
             .with_state(self.clone())
     }
 
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        self.ledger
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Gives users tags, as `im_add_tag` would.
     pub fn add_tags<'a>(&self, account: &str, tags: impl IntoIterator<Item = &'a str>) {
         let mut ledger = self.ledger();
-        ledger
-            .tags
-            .entry(account.to_owned())
-            .or_default()
-            .extend(tags.into_iter().map(str::to_owned));
+        ledger.tags.entry(account.to_owned()).or_default().extend(tags.into_iter().map(str::to_owned));
     }
 
     pub fn tags_of(&self, account: &str) -> BTreeSet<String> {
@@ -179,11 +210,7 @@ impl Simulator {
 
     /// How many times the removal of this tag from this account succeeded.
     pub fn removal_count(&self, account: &str, tag: &str) -> u32 {
-        self.ledger()
-            .removed
-            .get(&(account.to_owned(), tag.to_owned()))
-            .copied()
-            .unwrap_or(0)
+        self.ledger().removed.get(&(account.to_owned(), tag.to_owned())).copied().unwrap_or(0)
     }
 
     pub fn calls(&self) -> Vec<SeenCall> {
@@ -192,10 +219,7 @@ impl Simulator {
 
     pub fn stats(&self) -> Stats {
         let ledger = self.ledger();
-        let mut stats = Stats {
-            calls: ledger.calls.len() as u64,
-            ..Stats::default()
-        };
+        let mut stats = Stats { calls: ledger.calls.len() as u64, ..Stats::default() };
         for call in &ledger.calls {
             if call.error_code == 0 {
                 stats.succeeded += 1;
@@ -212,29 +236,19 @@ impl Simulator {
             }
         }
         let arrivals: Vec<Instant> = ledger.calls.iter().map(|c| c.arrived).collect();
-        stats.peak_calls_per_second =
-            crate::limit::peak_in_window(&arrivals, Duration::from_secs(1)) as u64;
+        stats.peak_calls_per_second = crate::limit::peak_in_window(&arrivals, Duration::from_secs(1)) as u64;
         stats.removals = ledger.removed.len() as u64;
         stats.repeated_removals = ledger.removed.values().filter(|&&n| n > 1).count() as u64;
         stats
     }
 
     /// Judges one request; returns (ErrorCode, ErrorInfo). Applies it on success.
-    fn judge(
-        &self,
-        query: &HashMap<String, String>,
-        body: &[u8],
-        arrived: Instant,
-    ) -> (i64, String) {
+    fn judge(&self, query: &HashMap<String, String>, body: &[u8], arrived: Instant) -> (i64, String) {
         let config = &self.config;
         // Every arrival counts toward the rate, refused or not, as Tencent's does.
         {
             let mut ledger = self.ledger();
-            while ledger
-                .window
-                .front()
-                .is_some_and(|t| arrived.duration_since(*t) >= Duration::from_secs(1))
-            {
+            while ledger.window.front().is_some_and(|t| arrived.duration_since(*t) >= Duration::from_secs(1)) {
                 ledger.window.pop_front();
             }
             ledger.window.push_back(arrived);
@@ -249,10 +263,7 @@ impl Simulator {
         if sdkappid.parse::<u64>().ok() != Some(config.sdkappid) {
             return (70016, format!("SDKAppID {sdkappid} is not served here"));
         }
-        if param("random")
-            .and_then(|r| r.parse::<u32>().ok())
-            .is_none()
-        {
+        if param("random").and_then(|r| r.parse::<u32>().ok()).is_none() {
             return (60002, "random must be a 32-bit unsigned integer".into());
         }
         if param("contenttype") != Some("json") {
@@ -261,13 +272,7 @@ impl Simulator {
         let Some(sig) = param("usersig") else {
             return (70003, "usersig is missing".into());
         };
-        match usersig::verify(
-            &config.secret_key,
-            sig,
-            config.sdkappid,
-            identifier,
-            usersig::unix_now(),
-        ) {
+        match usersig::verify(&config.secret_key, sig, config.sdkappid, identifier, usersig::unix_now()) {
             Ok(_) => {}
             Err(VerifyError::Expired { .. }) => return (70001, "UserSig expired".into()),
             Err(VerifyError::WrongIdentifier { .. }) => {
@@ -282,11 +287,26 @@ impl Simulator {
         if !config.admins.iter().any(|a| a == identifier) {
             return (90009, "the request requires app admin permissions".into());
         }
+        if let Some(code) = self.injected_fault() {
+            return (code, format!("injected fault {code}"));
+        }
         let entries = match parse_user_tags(body) {
             Ok(entries) => entries,
             Err(answer) => return answer,
         };
         let mut ledger = self.ledger();
+        if let Some((account, code)) =
+            entries.iter().find_map(|(account, _)| ledger.faults.poison.get(account).map(|code| (account, *code)))
+        {
+            return (code, format!("injected failure for {account}"));
+        }
+        if let Some((tag, code)) = entries
+            .iter()
+            .flat_map(|(_, tags)| tags)
+            .find_map(|tag| ledger.faults.poison_tags.get(tag).map(|code| (tag, *code)))
+        {
+            return (code, format!("injected failure for tag {tag}"));
+        }
         for (account, tags) in entries {
             let current = ledger.tags.entry(account.clone()).or_default();
             for tag in &tags {
@@ -300,6 +320,28 @@ impl Simulator {
     }
 }
 
+impl Simulator {
+    /// The code a fault setting imposes on this call, if any.
+    fn injected_fault(&self) -> Option<i64> {
+        let mut ledger = self.ledger();
+        let faults = &mut ledger.faults;
+        if let Some(code) = faults.next.pop_front() {
+            return Some(code);
+        }
+        if let Some(code) = faults.always {
+            return Some(code);
+        }
+        let roll: f64 = rand::random();
+        if roll < faults.http_502 {
+            return Some(HTTP_502);
+        }
+        if roll < faults.http_502 + faults.error_91000 {
+            return Some(91000);
+        }
+        None
+    }
+}
+
 /// (ErrorCode, ErrorInfo) as the simulator answers them.
 type Refusal = (i64, String);
 
@@ -307,41 +349,27 @@ type Refusal = (i64, String);
 fn parse_user_tags(body: &[u8]) -> Result<Vec<(String, Vec<String>)>, Refusal> {
     let bad = |why: &str| (90001, format!("JSON parse failure: {why}"));
     let value: Value = serde_json::from_slice(body).map_err(|e| bad(&e.to_string()))?;
-    let items = value
-        .get("UserTags")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("UserTags must be an array"))?;
+    let items = value.get("UserTags").and_then(Value::as_array).ok_or_else(|| bad("UserTags must be an array"))?;
     if items.is_empty() {
         return Err(bad("UserTags is empty"));
     }
     if items.len() > crate::batch::MAX_BATCH_SIZE {
-        return Err((
-            90018,
-            format!("{} accounts; at most 100 per request", items.len()),
-        ));
+        return Err((90018, format!("{} accounts; at most 100 per request", items.len())));
     }
     let mut seen = BTreeSet::new();
     let mut entries = Vec::with_capacity(items.len());
     for item in items {
-        let account = item
-            .get("To_Account")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("To_Account must be a string"))?;
+        let account =
+            item.get("To_Account").and_then(Value::as_str).ok_or_else(|| bad("To_Account must be a string"))?;
         if account.is_empty() || account.len() > MAX_ACCOUNT_BYTES {
             return Err((70107, format!("invalid To_Account {account:?}")));
         }
         if !seen.insert(account) {
             return Err(bad(&format!("To_Account {account:?} appears twice")));
         }
-        let tags = item
-            .get("Tags")
-            .and_then(Value::as_array)
-            .ok_or_else(|| bad("Tags must be an array"))?;
+        let tags = item.get("Tags").and_then(Value::as_array).ok_or_else(|| bad("Tags must be an array"))?;
         if tags.len() > MAX_TAGS_PER_ENTRY {
-            return Err((
-                90032,
-                format!("{} tags for {account:?}; at most 10 per entry", tags.len()),
-            ));
+            return Err((90032, format!("{} tags for {account:?}; at most 10 per entry", tags.len())));
         }
         let mut list = Vec::with_capacity(tags.len());
         for tag in tags {
@@ -350,10 +378,7 @@ fn parse_user_tags(body: &[u8]) -> Result<Vec<(String, Vec<String>)>, Refusal> {
                 return Err((90040, format!("empty tag for {account:?}")));
             }
             if tag.len() > MAX_TAG_BYTES {
-                return Err((
-                    90020,
-                    format!("tag of {} bytes for {account:?}; at most 50", tag.len()),
-                ));
+                return Err((90020, format!("tag of {} bytes for {account:?}; at most 50", tag.len())));
             }
             list.push(tag.to_owned());
         }
@@ -367,14 +392,7 @@ fn accounts_of(body: &[u8]) -> Vec<String> {
         .ok()
         .and_then(|v| v.get("UserTags").and_then(Value::as_array).cloned())
         .map(|items| {
-            items
-                .iter()
-                .filter_map(|i| {
-                    i.get("To_Account")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
-                })
-                .collect()
+            items.iter().filter_map(|i| i.get("To_Account").and_then(Value::as_str).map(str::to_owned)).collect()
         })
         .unwrap_or_default()
 }
@@ -383,21 +401,34 @@ async fn remove_tag(
     State(sim): State<Simulator>,
     Query(query): Query<HashMap<String, String>>,
     body: axum::body::Bytes,
-) -> Json<Value> {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let arrived = Instant::now();
     let (code, info) = sim.judge(&query, &body, arrived);
     let accounts = accounts_of(&body);
-    sim.ledger().calls.push(SeenCall {
-        arrived,
-        entries: accounts.len(),
-        accounts,
-        error_code: code,
-    });
-    let delay = latency(&sim.config);
+    let extra = {
+        let mut ledger = sim.ledger();
+        ledger.calls.push(SeenCall { arrived, entries: accounts.len(), accounts, error_code: code });
+        Duration::from_millis(ledger.faults.extra_latency_ms)
+    };
+    let delay = latency(&sim.config) + extra;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    Json(answer(code, &info))
+    if code == HTTP_502 {
+        let page = "<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body></html>";
+        return (axum::http::StatusCode::BAD_GATEWAY, page).into_response();
+    }
+    Json(answer(code, &info)).into_response()
+}
+
+async fn get_faults(State(sim): State<Simulator>) -> Json<Faults> {
+    Json(sim.faults())
+}
+
+async fn put_faults(State(sim): State<Simulator>, Json(faults): Json<Faults>) -> Json<Faults> {
+    sim.set_faults(faults);
+    Json(sim.faults())
 }
 
 async fn add_tag(State(sim): State<Simulator>, body: axum::body::Bytes) -> Json<Value> {

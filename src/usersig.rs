@@ -69,16 +69,9 @@ impl Decoded {
 }
 
 /// The text that is signed; every line ends in `\n`, the last one too.
-pub fn signed_content(
-    identifier: &str,
-    sdkappid: u64,
-    time: u64,
-    expire: u64,
-    userbuf: Option<&str>,
-) -> String {
-    let mut text = format!(
-        "TLS.identifier:{identifier}\nTLS.sdkappid:{sdkappid}\nTLS.time:{time}\nTLS.expire:{expire}\n"
-    );
+pub fn signed_content(identifier: &str, sdkappid: u64, time: u64, expire: u64, userbuf: Option<&str>) -> String {
+    let mut text =
+        format!("TLS.identifier:{identifier}\nTLS.sdkappid:{sdkappid}\nTLS.time:{time}\nTLS.expire:{expire}\n");
     if let Some(buf) = userbuf {
         text.push_str("TLS.userbuf:");
         text.push_str(buf);
@@ -89,8 +82,7 @@ pub fn signed_content(
 
 fn hmac(key: &SecretString, content: &str) -> HmacSha256 {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(key.expose_secret().as_bytes())
-        .expect("HMAC takes any key length");
+    let mut mac = HmacSha256::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes any key length");
     mac.update(content.as_bytes());
     mac
 }
@@ -105,21 +97,12 @@ pub fn tls_sig(
     expire: u64,
     userbuf: Option<&str>,
 ) -> String {
-    let mac = hmac(
-        key,
-        &signed_content(identifier, sdkappid, time, expire, userbuf),
-    );
+    let mac = hmac(key, &signed_content(identifier, sdkappid, time, expire, userbuf));
     STANDARD.encode(mac.finalize().into_bytes())
 }
 
 /// Makes a UserSig signed at `time` (unix seconds) and valid for `expire` seconds.
-pub fn generate(
-    key: &SecretString,
-    sdkappid: u64,
-    identifier: &str,
-    time: u64,
-    expire: u64,
-) -> SecretString {
+pub fn generate(key: &SecretString, sdkappid: u64, identifier: &str, time: u64, expire: u64) -> SecretString {
     let json = serde_json::json!({
         "TLS.ver": "2.0",
         "TLS.identifier": identifier,
@@ -160,9 +143,8 @@ pub fn decode(usersig: &str) -> Result<Decoded, VerifyError> {
             other => other,
         })
         .collect();
-    let compressed = STANDARD
-        .decode(standard.as_bytes())
-        .map_err(|e| VerifyError::Malformed(format!("base64: {e}")))?;
+    let compressed =
+        STANDARD.decode(standard.as_bytes()).map_err(|e| VerifyError::Malformed(format!("base64: {e}")))?;
     let mut json = Vec::new();
     flate2::read::ZlibDecoder::new(compressed.as_slice())
         .take(64 * 1024)
@@ -183,43 +165,23 @@ pub fn verify(
 ) -> Result<Decoded, VerifyError> {
     let decoded = decode(usersig)?;
     if decoded.identifier != identifier {
-        return Err(VerifyError::WrongIdentifier {
-            expected: identifier.to_owned(),
-            found: decoded.identifier,
-        });
+        return Err(VerifyError::WrongIdentifier { expected: identifier.to_owned(), found: decoded.identifier });
     }
     if decoded.sdkappid != sdkappid {
-        return Err(VerifyError::WrongSdkAppId {
-            expected: sdkappid,
-            found: decoded.sdkappid,
-        });
+        return Err(VerifyError::WrongSdkAppId { expected: sdkappid, found: decoded.sdkappid });
     }
-    let expected = STANDARD
-        .decode(&decoded.sig)
-        .map_err(|_| VerifyError::BadSignature)?;
-    let content = signed_content(
-        &decoded.identifier,
-        decoded.sdkappid,
-        decoded.time,
-        decoded.expire,
-        decoded.userbuf.as_deref(),
-    );
-    hmac(key, &content)
-        .verify_slice(&expected)
-        .map_err(|_| VerifyError::BadSignature)?;
+    let expected = STANDARD.decode(&decoded.sig).map_err(|_| VerifyError::BadSignature)?;
+    let content =
+        signed_content(&decoded.identifier, decoded.sdkappid, decoded.time, decoded.expire, decoded.userbuf.as_deref());
+    hmac(key, &content).verify_slice(&expected).map_err(|_| VerifyError::BadSignature)?;
     if now > decoded.expires_at() {
-        return Err(VerifyError::Expired {
-            expired_at: decoded.expires_at(),
-        });
+        return Err(VerifyError::Expired { expired_at: decoded.expires_at() });
     }
     Ok(decoded)
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Where the worker's UserSig comes from.
@@ -238,19 +200,8 @@ pub enum Signer {
 }
 
 impl Signer {
-    pub fn from_key(
-        key: SecretString,
-        sdkappid: u64,
-        identifier: String,
-        validity: Duration,
-    ) -> Self {
-        Signer::Key {
-            key,
-            sdkappid,
-            identifier,
-            validity,
-            cached: Mutex::new(None),
-        }
+    pub fn from_key(key: SecretString, sdkappid: u64, identifier: String, validity: Duration) -> Self {
+        Signer::Key { key, sdkappid, identifier, validity, cached: Mutex::new(None) }
     }
 
     /// The UserSig to use now. Cheap: a cached string is cloned until it is
@@ -258,17 +209,9 @@ impl Signer {
     pub fn current(&self) -> SecretString {
         match self {
             Signer::Fixed(sig) => sig.clone(),
-            Signer::Key {
-                key,
-                sdkappid,
-                identifier,
-                validity,
-                cached,
-            } => {
+            Signer::Key { key, sdkappid, identifier, validity, cached } => {
                 let now = unix_now();
-                let mut cached = cached
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut cached = cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 match &*cached {
                     Some((sig, renew_at)) if now < *renew_at => sig.clone(),
                     _ => {
@@ -288,9 +231,7 @@ impl Signer {
         match self {
             Signer::Fixed(_) => false,
             Signer::Key { cached, .. } => {
-                *cached
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                *cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
                 true
             }
         }
@@ -308,14 +249,7 @@ mod tests {
     #[test]
     fn round_trip_verifies() {
         let sig = generate(&key(), 1400000000, "administrator", 1_700_000_000, 86400);
-        let decoded = verify(
-            &key(),
-            sig.expose_secret(),
-            1400000000,
-            "administrator",
-            1_700_000_001,
-        )
-        .unwrap();
+        let decoded = verify(&key(), sig.expose_secret(), 1400000000, "administrator", 1_700_000_001).unwrap();
         assert_eq!(decoded.ver, "2.0");
         assert_eq!(decoded.expires_at(), 1_700_086_400);
     }
@@ -326,32 +260,15 @@ mod tests {
         let s = sig.expose_secret();
         assert_eq!(
             verify(&key(), s, 1400000000, "administrator", 1_700_000_061),
-            Err(VerifyError::Expired {
-                expired_at: 1_700_000_060
-            })
+            Err(VerifyError::Expired { expired_at: 1_700_000_060 })
         );
         assert_eq!(
-            verify(
-                &SecretString::from("other"),
-                s,
-                1400000000,
-                "administrator",
-                1_700_000_000
-            ),
+            verify(&SecretString::from("other"), s, 1400000000, "administrator", 1_700_000_000),
             Err(VerifyError::BadSignature)
         );
-        assert!(matches!(
-            verify(&key(), s, 1400000001, "administrator", 0),
-            Err(VerifyError::WrongSdkAppId { .. })
-        ));
-        assert!(matches!(
-            verify(&key(), s, 1400000000, "admin", 0),
-            Err(VerifyError::WrongIdentifier { .. })
-        ));
-        assert!(matches!(
-            verify(&key(), "not*a*sig", 1, "a", 0),
-            Err(VerifyError::Malformed(_))
-        ));
+        assert!(matches!(verify(&key(), s, 1400000001, "administrator", 0), Err(VerifyError::WrongSdkAppId { .. })));
+        assert!(matches!(verify(&key(), s, 1400000000, "admin", 0), Err(VerifyError::WrongIdentifier { .. })));
+        assert!(matches!(verify(&key(), "not*a*sig", 1, "a", 0), Err(VerifyError::Malformed(_))));
     }
 
     #[test]
@@ -363,9 +280,6 @@ mod tests {
         assert!(signer.invalidate());
         let fixed = Signer::Fixed(SecretString::from("x"));
         assert!(!fixed.invalidate());
-        assert!(
-            !format!("{signer:?}").contains("5bd2850f"),
-            "Debug must not print the key"
-        );
+        assert!(!format!("{signer:?}").contains("5bd2850f"), "Debug must not print the key");
     }
 }

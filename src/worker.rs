@@ -19,9 +19,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::{FutureExt, StreamExt};
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, message::Delivery};
 use tokio::sync::{Semaphore, mpsc};
@@ -47,13 +45,8 @@ pub enum WorkerError {
     Queue(#[from] QueueError),
     #[error("could not build the HTTP client: {0}")]
     Http(String),
-    #[error(
-        "stopped without dead-lettering anything: Tencent refused the credentials ({failure}). Fix: {hint}"
-    )]
-    Credential {
-        failure: Failure,
-        hint: &'static str,
-    },
+    #[error("stopped without dead-lettering anything: Tencent refused the credentials ({failure}). Fix: {hint}")]
+    Credential { failure: Failure, hint: &'static str },
     #[error("lost the consumer: {0}; the jobs in hand return to the queue")]
     ConsumerLost(String),
 }
@@ -82,32 +75,18 @@ pub struct Summary {
 
 /// Runs the worker until `shutdown` resolves (then drains and returns Ok),
 /// or until something only an operator or a restart can fix.
-pub async fn run(
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<Summary, WorkerError> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<Summary, WorkerError> {
     // PostgreSQL first: a worker that consumes before it can record would
     // only hand every message back, and each return spends the delivery limit.
     let store = Store::connect(&config.database_url, 10).await?;
     store.migrate().await?;
 
     let connection = queue::connect(&config.amqp_url, "tagsweep worker").await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(QueueError::from)?;
+    let channel = connection.create_channel().await.map_err(QueueError::from)?;
     queue::declare(&channel, &config.topology).await?;
-    let dead_letters =
-        DeadLetters::open(&connection, &config.topology.dead_letter_exchange).await?;
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(QueueError::from)?;
-    let consumer_tag = format!(
-        "tagsweep-{}-{}",
-        std::process::id(),
-        Uuid::new_v4().simple()
-    );
+    let dead_letters = DeadLetters::open(&connection, &config.topology.dead_letter_exchange).await?;
+    channel.basic_qos(config.prefetch, BasicQosOptions::default()).await.map_err(QueueError::from)?;
+    let consumer_tag = format!("tagsweep-{}-{}", std::process::id(), Uuid::new_v4().simple());
     let consumer = channel
         .basic_consume(
             config.topology.queue.as_str().into(),
@@ -119,16 +98,12 @@ pub async fn run(
         .map_err(QueueError::from)?;
 
     let signer = match &config.credential {
-        Credential::SecretKey(key) => Signer::from_key(
-            key.clone(),
-            config.api.sdkappid,
-            config.api.identifier.clone(),
-            config.usersig_validity,
-        ),
+        Credential::SecretKey(key) => {
+            Signer::from_key(key.clone(), config.api.sdkappid, config.api.identifier.clone(), config.usersig_validity)
+        }
         Credential::UserSig(sig) => Signer::Fixed(sig.clone()),
     };
-    let api = ApiClient::new(&config.api, Arc::new(signer))
-        .map_err(|e| WorkerError::Http(e.to_string()))?;
+    let api = ApiClient::new(&config.api, Arc::new(signer)).map_err(|e| WorkerError::Http(e.to_string()))?;
     let calls = Arc::new(CallContext {
         api,
         pacer: Pacer::new(config.max_calls_per_second, config.pacing_margin),
@@ -167,9 +142,7 @@ pub async fn run(
         persisted_tx,
         summary: Summary::default(),
     };
-    let result = coordinator
-        .run(consumer, reports, persisted, shutdown)
-        .await;
+    let result = coordinator.run(consumer, reports, persisted, shutdown).await;
     // Closing the connection returns anything still unacknowledged.
     let _ = connection.close(200, "tagsweep stopping".into()).await;
     match &result {
@@ -263,12 +236,7 @@ async fn run_batch(ctx: Arc<CallContext>, batch: Batch) -> BatchReport {
         .into_iter()
         .map(|(part, result)| {
             let (carried, last_call) = carried.get(&part).copied().unwrap_or_default();
-            PartReport {
-                part,
-                carried,
-                last_call,
-                result,
-            }
+            PartReport { part, carried, last_call, result }
         })
         .collect();
     report
@@ -290,11 +258,7 @@ async fn call_with_retry(
             _ = ctx.pacer.acquire() => {}
         }
         let report = {
-            let _permit = ctx
-                .in_flight
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
+            let _permit = ctx.in_flight.acquire().await.expect("the semaphore is never closed");
             ctx.api.remove_tags(batch.entries()).await
         };
         attempt += 1;
@@ -336,9 +300,7 @@ async fn call_with_retry(
                     () = tokio::time::sleep(delay) => {}
                 }
             }
-            CallError::StaleSignature(_) if !resigned && ctx.api.signer().invalidate() => {
-                resigned = true
-            }
+            CallError::StaleSignature(_) if !resigned && ctx.api.signer().invalidate() => resigned = true,
             CallError::StaleSignature(failure) => {
                 return Err(Attempt::Failed(CallError::Credential(failure)));
             }
@@ -380,11 +342,7 @@ impl Held {
     fn row_and_letter(self) -> (JobRow, Option<DeadLetter>, Vec<u64>) {
         let finished_at = Utc::now();
         let (status, error_code, error_info) = match (&self.invalid, self.failed.first()) {
-            (Some(reason), _) => (
-                store::DEAD_LETTERED,
-                Some(0),
-                Some(format!("invalid job: {reason}")),
-            ),
+            (Some(reason), _) => (store::DEAD_LETTERED, Some(0), Some(format!("invalid job: {reason}"))),
             (None, None) => (store::SUCCEEDED, None, None),
             (None, Some((_, failure))) => {
                 let mut not_removed: Vec<&str> = Vec::new();
@@ -393,11 +351,7 @@ impl Held {
                     let end = (start + job::MAX_TAGS_PER_ENTRY).min(self.tags.len());
                     not_removed.extend(self.tags[start..end].iter().map(String::as_str));
                 }
-                let info = format!(
-                    "{}; tags not removed: {}",
-                    failure.error_info,
-                    not_removed.join(", ")
-                );
+                let info = format!("{}; tags not removed: {}", failure.error_info, not_removed.join(", "));
                 (store::DEAD_LETTERED, Some(failure.error_code), Some(info))
             }
         };
@@ -488,6 +442,11 @@ impl Coordinator {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut stopping: Option<Instant> = None;
         let mut failure: Option<WorkerError> = None;
+        // lapin consumers have been seen to stall silently after a broker
+        // death; the channel's own status is checked every second instead of
+        // trusting the stream to end.
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(since) = stopping {
                 let drained = self.calls_out == 0 && self.persists_out == 0;
@@ -495,10 +454,7 @@ impl Coordinator {
                     break;
                 }
             }
-            let linger_deadline = self
-                .packer
-                .oldest()
-                .map(|t| Instant::from_std(t) + self.linger);
+            let linger_deadline = self.packer.oldest().map(|t| Instant::from_std(t) + self.linger);
             let grace_deadline = stopping.map(|since| since + self.grace);
             tokio::select! {
                 biased;
@@ -549,6 +505,13 @@ impl Coordinator {
                         }
                     }
                 }
+                _ = watchdog.tick(), if stopping.is_none() => {
+                    if !self.channel.status().connected() {
+                        failure = Some(WorkerError::ConsumerLost("the broker connection is gone".into()));
+                        self.begin_stop().await;
+                        stopping = Some(Instant::now());
+                    }
+                }
                 () = sleep_until_opt(linger_deadline), if stopping.is_none() => {}
                 () = sleep_until_opt(grace_deadline) => {}
             }
@@ -565,13 +528,8 @@ impl Coordinator {
 
     /// Stops intake, cancels waits, and returns the parts not yet sent.
     async fn begin_stop(&mut self) {
-        if let Err(error) = self
-            .channel
-            .basic_cancel(
-                self.consumer_tag.as_str().into(),
-                BasicCancelOptions::default(),
-            )
-            .await
+        if let Err(error) =
+            self.channel.basic_cancel(self.consumer_tag.as_str().into(), BasicCancelOptions::default()).await
         {
             tracing::warn!("could not cancel the consumer: {error}");
         }
@@ -588,10 +546,7 @@ impl Coordinator {
     /// Sends out every batch that is full, or whose linger has run out.
     fn dispatch(&mut self) {
         loop {
-            let lingered = self
-                .packer
-                .oldest()
-                .is_some_and(|t| Instant::from_std(t) + self.linger <= Instant::now());
+            let lingered = self.packer.oldest().is_some_and(|t| Instant::from_std(t) + self.linger <= Instant::now());
             if !(self.packer.has_full_batch() || lingered) {
                 return;
             }
@@ -614,11 +569,7 @@ impl Coordinator {
         let mut fresh = Vec::with_capacity(chunk.len());
         for delivery in chunk {
             self.tracker.hold(delivery.delivery_tag);
-            let message_id = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map(|id| id.as_str().to_owned());
+            let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
             let parsed = job::parse(&delivery.data, message_id.as_deref());
             let id = match &parsed {
                 Ok(job) => job.id.clone(),
@@ -669,42 +620,16 @@ impl Coordinator {
                     let account: Arc<str> = Arc::from(job.account.as_str());
                     let mut parts = 0;
                     for (index, tags) in job.parts().enumerate() {
-                        let part = PartId {
-                            job: key,
-                            index: index as u16,
-                        };
-                        self.packer.push(
-                            Entry {
-                                part,
-                                account: account.clone(),
-                                tags: tags.into(),
-                            },
-                            now_std,
-                        );
+                        let part = PartId { job: key, index: index as u16 };
+                        self.packer.push(Entry { part, account: account.clone(), tags: tags.into() }, now_std);
                         parts += 1;
                     }
-                    Held::new(
-                        job.id,
-                        Some(job.account),
-                        job.tags,
-                        received_at,
-                        original,
-                        parts,
-                        None,
-                    )
+                    Held::new(job.id, Some(job.account), job.tags, received_at, original, parts, None)
                 }
                 Err(invalid) => {
                     tracing::warn!(job_id = %invalid.id, reason = %invalid.reason, "invalid job: dead-lettering it");
                     invalid_keys.push(key);
-                    Held::new(
-                        invalid.id,
-                        invalid.account,
-                        invalid.tags,
-                        received_at,
-                        original,
-                        0,
-                        Some(invalid.reason),
-                    )
+                    Held::new(invalid.id, invalid.account, invalid.tags, received_at, original, 0, Some(invalid.reason))
                 }
             };
             self.by_id.insert(held.job_id.clone(), Claim::Held(key));
@@ -724,17 +649,8 @@ impl Coordinator {
     fn hold_as_copy(&mut self, id: &str, tag: u64) -> bool {
         let copies = match self.by_id.get(id) {
             None => return false,
-            Some(Claim::Held(key)) => {
-                &mut self
-                    .jobs
-                    .get_mut(key)
-                    .expect("claims point at held jobs")
-                    .copies
-            }
-            Some(Claim::Recording) => self
-                .copies_while_recording
-                .entry(id.to_owned())
-                .or_default(),
+            Some(Claim::Held(key)) => &mut self.jobs.get_mut(key).expect("claims point at held jobs").copies,
+            Some(Claim::Recording) => self.copies_while_recording.entry(id.to_owned()).or_default(),
         };
         copies.push(tag);
         self.summary.duplicates += 1;
@@ -755,9 +671,7 @@ impl Coordinator {
                 Ok(found) => return found,
                 Err(error) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                    tracing::warn!(
-                        "could not check the job table ({error}); retrying in {delay:?}"
-                    );
+                    tracing::warn!("could not check the job table ({error}); retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -821,13 +735,7 @@ impl Coordinator {
         let stop = self.calls.stop.clone();
         tokio::spawn(async move {
             let ok = persist(&store, &dead_letters, &calls, &rows, &letters, &stop).await;
-            let _ = tx.send(Persisted {
-                tags,
-                job_ids,
-                succeeded,
-                dead_lettered,
-                ok,
-            });
+            let _ = tx.send(Persisted { tags, job_ids, succeeded, dead_lettered, ok });
         });
     }
 
@@ -854,19 +762,12 @@ impl Coordinator {
 
     async fn acknowledge(&self, plan: AckPlan) {
         if let Some(tag) = plan.up_to
-            && let Err(error) = self
-                .channel
-                .basic_ack(tag, BasicAckOptions { multiple: true })
-                .await
+            && let Err(error) = self.channel.basic_ack(tag, BasicAckOptions { multiple: true }).await
         {
             tracing::warn!("ack up to {tag} failed: {error}; the broker will redeliver");
         }
         for tag in plan.singles {
-            if let Err(error) = self
-                .channel
-                .basic_ack(tag, BasicAckOptions { multiple: false })
-                .await
-            {
+            if let Err(error) = self.channel.basic_ack(tag, BasicAckOptions { multiple: false }).await {
                 tracing::warn!("ack of {tag} failed: {error}; the broker will redeliver");
             }
         }
@@ -875,17 +776,7 @@ impl Coordinator {
     /// Returns a delivery to the queue. lapin's default nack drops it
     /// (`requeue: false`): the requeue here is what keeps the job.
     async fn nack(&self, tag: u64, multiple: bool) {
-        if let Err(error) = self
-            .channel
-            .basic_nack(
-                tag,
-                BasicNackOptions {
-                    multiple,
-                    requeue: true,
-                },
-            )
-            .await
-        {
+        if let Err(error) = self.channel.basic_nack(tag, BasicNackOptions { multiple, requeue: true }).await {
             tracing::warn!("nack of {tag} failed: {error}; closing the channel returns it");
         }
     }
@@ -957,10 +848,7 @@ async fn persist(
             Ok(()) => return true,
             Err(error) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(
-                    "recording {} jobs failed ({error}); retrying in {delay:?}",
-                    rows.len()
-                );
+                tracing::warn!("recording {} jobs failed ({error}); retrying in {delay:?}", rows.len());
                 tokio::select! {
                     () = stop.cancelled() => {}
                     () = tokio::time::sleep(delay) => continue,

@@ -10,67 +10,29 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
         .envs(env.iter().copied())
         .output()
         .expect("run tagsweep");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 #[test]
 fn missing_or_wrong_settings_stop_start_up_with_what_to_fix() {
     let (code, err) = run(&["run", "--secret-key", "k", "--region", "china"], &[]);
     assert_eq!(code, Some(2));
-    assert!(
-        err.contains("--sdkappid") && err.contains("TAGSWEEP_SDKAPPID"),
-        "{err}"
-    );
+    assert!(err.contains("--sdkappid") && err.contains("TAGSWEEP_SDKAPPID"), "{err}");
 
-    let (code, err) = run(
-        &["run", "--region", "china"],
-        &[("TAGSWEEP_SDKAPPID", "1400000000")],
-    );
+    let (code, err) = run(&["run", "--region", "china"], &[("TAGSWEEP_SDKAPPID", "1400000000")]);
     assert_eq!(code, Some(2));
-    assert!(
-        err.contains("--secret-key") && err.contains("--usersig"),
-        "{err}"
-    );
+    assert!(err.contains("--secret-key") && err.contains("--usersig"), "{err}");
 
     let (code, err) = run(&["run", "--sdkappid", "1", "--secret-key", "k"], &[]);
     assert_eq!(code, Some(2));
-    assert!(
-        err.contains("--region") && err.contains("--api-base-url"),
-        "{err}"
-    );
+    assert!(err.contains("--region") && err.contains("--api-base-url"), "{err}");
 
-    let (code, err) = run(
-        &[
-            "run",
-            "--sdkappid",
-            "1",
-            "--secret-key",
-            "k",
-            "--region",
-            "mars",
-        ],
-        &[],
-    );
+    let (code, err) = run(&["run", "--sdkappid", "1", "--secret-key", "k", "--region", "mars"], &[]);
     assert_eq!(code, Some(2));
     assert!(err.contains("silicon-valley"), "{err}");
 
-    let (code, err) = run(
-        &[
-            "run",
-            "--sdkappid",
-            "1",
-            "--secret-key",
-            "k",
-            "--region",
-            "china",
-            "--batch-size",
-            "101",
-        ],
-        &[],
-    );
+    let (code, err) =
+        run(&["run", "--sdkappid", "1", "--secret-key", "k", "--region", "china", "--batch-size", "101"], &[]);
     assert_eq!(code, Some(2));
     assert!(err.contains("1 to 100"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
@@ -81,17 +43,6 @@ fn missing_or_wrong_settings_stop_start_up_with_what_to_fix() {
 
 #[test]
 fn the_secret_key_is_never_echoed() {
-    let (_, err) = run(
-        &[
-            "run",
-            "--secret-key",
-            "top-secret-value",
-            "--region",
-            "mars",
-            "--sdkappid",
-            "1",
-        ],
-        &[],
-    );
+    let (_, err) = run(&["run", "--secret-key", "top-secret-value", "--region", "mars", "--sdkappid", "1"], &[]);
     assert!(!err.contains("top-secret-value"), "{err}");
 }

@@ -33,8 +33,7 @@ async fn two_thousand_jobs_end_to_end() {
     let env = TestEnv::with_sim(|sim| sim.max_calls_per_second = 20).await;
     let work = workload();
     for (_, account, tags) in &work {
-        env.simulator()
-            .add_tags(account, tags.iter().map(String::as_str));
+        env.simulator().add_tags(account, tags.iter().map(String::as_str));
     }
     let bodies: Vec<_> = work
         .iter()
@@ -49,72 +48,26 @@ async fn two_thousand_jobs_end_to_end() {
     env.wait_for_rows(2000, Duration::from_secs(90)).await;
     let summary = worker.stop().await.expect("clean stop");
 
-    assert_eq!(
-        env.count_rows("succeeded").await,
-        2000,
-        "every job succeeded"
-    );
+    assert_eq!(env.count_rows("succeeded").await, 2000, "every job succeeded");
     assert_eq!(summary.succeeded, 2000);
-    assert_eq!(
-        env.depth(&env.topology.queue).await,
-        0,
-        "nothing left on the queue"
-    );
-    assert_eq!(
-        env.depth(&env.topology.dead_letter_queue).await,
-        0,
-        "nothing dead-lettered"
-    );
+    assert_eq!(env.depth(&env.topology.queue).await, 0, "nothing left on the queue");
+    assert_eq!(env.depth(&env.topology.dead_letter_queue).await, 0, "nothing dead-lettered");
 
     let sim = env.simulator();
     for (_, account, tags) in &work {
         for tag in tags {
-            assert_eq!(
-                sim.removal_count(account, tag),
-                1,
-                "{account}/{tag} removed exactly once"
-            );
+            assert_eq!(sim.removal_count(account, tag), 1, "{account}/{tag} removed exactly once");
         }
-        assert!(
-            sim.tags_of(account).is_empty(),
-            "{account} has no tags left"
-        );
+        assert!(sim.tags_of(account).is_empty(), "{account} has no tags left");
     }
     let stats = sim.stats();
-    assert_eq!(
-        stats.failed_by_code.len(),
-        0,
-        "no call refused: {:?}",
-        stats.failed_by_code
-    );
-    assert!(
-        stats.max_entries_in_a_call <= 25,
-        "batch size held: {}",
-        stats.max_entries_in_a_call
-    );
-    assert_eq!(
-        stats.repeated_account_calls, 0,
-        "never one account twice in a call"
-    );
-    assert!(
-        stats.peak_calls_per_second <= 20,
-        "pacing held: peak {}",
-        stats.peak_calls_per_second
-    );
-    let parts: usize = work
-        .iter()
-        .map(|(_, _, tags)| tags.len().div_ceil(10))
-        .sum();
-    assert!(
-        stats.calls as usize >= parts.div_ceil(25),
-        "{parts} parts need at least {} calls",
-        parts.div_ceil(25)
-    );
-    assert!(
-        stats.calls > 40,
-        "enough calls ({}) that pacing mattered",
-        stats.calls
-    );
+    assert_eq!(stats.failed_by_code.len(), 0, "no call refused: {:?}", stats.failed_by_code);
+    assert!(stats.max_entries_in_a_call <= 25, "batch size held: {}", stats.max_entries_in_a_call);
+    assert_eq!(stats.repeated_account_calls, 0, "never one account twice in a call");
+    assert!(stats.peak_calls_per_second <= 20, "pacing held: peak {}", stats.peak_calls_per_second);
+    let parts: usize = work.iter().map(|(_, _, tags)| tags.len().div_ceil(10)).sum();
+    assert!(stats.calls as usize >= parts.div_ceil(25), "{parts} parts need at least {} calls", parts.div_ceil(25));
+    assert!(stats.calls > 40, "enough calls ({}) that pacing mattered", stats.calls);
 
     // attempts counts the calls that carried the job: 1, or one per part.
     let (multi_part, attempts): (String, i32) = sqlx::query_as(
@@ -123,55 +76,35 @@ async fn two_thousand_jobs_end_to_end() {
     .fetch_one(&env.pool)
     .await
     .unwrap();
-    assert_eq!(
-        attempts, 3,
-        "{multi_part} has three parts of at most ten tags"
-    );
-    let single_call: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM tag_removal_jobs WHERE cardinality(tags) <= 10 AND attempts <> 1",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    assert_eq!(attempts, 3, "{multi_part} has three parts of at most ten tags");
+    let single_call: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tag_removal_jobs WHERE cardinality(tags) <= 10 AND attempts <> 1")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(single_call, 0);
-    let calls: i64 = sqlx::query_scalar("SELECT count(*) FROM api_calls")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        calls as u64, stats.calls,
-        "one call row per call the simulator saw"
-    );
+    let calls: i64 = sqlx::query_scalar("SELECT count(*) FROM api_calls").fetch_one(&env.pool).await.unwrap();
+    assert_eq!(calls as u64, stats.calls, "one call row per call the simulator saw");
     env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_batches_under_load_and_short_linger_when_light() {
     let env = TestEnv::new().await;
-    let bodies: Vec<_> = (0..1000)
-        .map(|i| job(&format!("load-{i}"), &format!("u{i}"), &["a"]))
-        .collect();
+    let bodies: Vec<_> = (0..1000).map(|i| job(&format!("load-{i}"), &format!("u{i}"), &["a"])).collect();
     env.publish_jobs(&bodies).await;
     let worker = env.spawn_worker(env.config());
     env.wait_for_rows(1000, Duration::from_secs(30)).await;
 
     let calls = env.simulator().calls();
     let full = calls.iter().filter(|c| c.entries == 100).count();
-    assert!(
-        full >= 9,
-        "a backlog goes out in full batches: {:?}",
-        calls.iter().map(|c| c.entries).collect::<Vec<_>>()
-    );
+    assert!(full >= 9, "a backlog goes out in full batches: {:?}", calls.iter().map(|c| c.entries).collect::<Vec<_>>());
 
     // One lone job waits no longer than the linger (plus scheduling).
     let started = std::time::Instant::now();
     env.publish_jobs(&[job("lone", "u-lone", &["a"])]).await;
     env.wait_for_rows(1001, Duration::from_secs(5)).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "a lone job went out in {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "a lone job went out in {:?}", started.elapsed());
     worker.stop().await.unwrap();
     env.cleanup().await;
 }
@@ -190,9 +123,7 @@ async fn a_job_already_done_or_in_hand_is_not_sent_again() {
     // A copy after the outcome: acknowledged without a call.
     env.publish_jobs(&[body]).await;
     // And a job id given only as the AMQP message_id, sent twice.
-    let no_id = serde_json::json!({"account": "xiaojun013", "tags": ["c"]})
-        .to_string()
-        .into_bytes();
+    let no_id = serde_json::json!({"account": "xiaojun013", "tags": ["c"]}).to_string().into_bytes();
     let props = BasicProperties::default().with_message_id("msg-42".into());
     env.publish([(no_id.clone(), props.clone())]).await;
     env.wait_for_rows(2, Duration::from_secs(10)).await;
@@ -206,16 +137,8 @@ async fn a_job_already_done_or_in_hand_is_not_sent_again() {
     let summary = worker.stop().await.unwrap();
     assert_eq!(summary.succeeded, 2);
     assert_eq!(summary.duplicates, 3, "{summary:?}");
-    assert_eq!(
-        env.simulator().removal_count("xiaojun012", "a"),
-        1,
-        "sent once"
-    );
-    assert_eq!(
-        env.simulator().removal_count("xiaojun013", "c"),
-        1,
-        "sent once"
-    );
+    assert_eq!(env.simulator().removal_count("xiaojun012", "a"), 1, "sent once");
+    assert_eq!(env.simulator().removal_count("xiaojun013", "c"), 1, "sent once");
     assert_eq!(env.simulator().stats().calls, 2);
     let ids: HashSet<String> = sqlx::query_scalar("SELECT job_id FROM tag_removal_jobs")
         .fetch_all(&env.pool)
@@ -223,15 +146,8 @@ async fn a_job_already_done_or_in_hand_is_not_sent_again() {
         .unwrap()
         .into_iter()
         .collect();
-    assert_eq!(
-        ids,
-        HashSet::from(["evt-8f2c-0001".to_owned(), "msg-42".to_owned()])
-    );
-    assert_eq!(
-        env.depth(&env.topology.queue).await,
-        0,
-        "every copy acknowledged"
-    );
+    assert_eq!(ids, HashSet::from(["evt-8f2c-0001".to_owned(), "msg-42".to_owned()]));
+    assert_eq!(env.depth(&env.topology.queue).await, 0, "every copy acknowledged");
     env.cleanup().await;
 }
 
@@ -252,34 +168,16 @@ async fn the_worker_declares_the_contract_topology() {
     // Re-declaring with exactly the contract's arguments is accepted only
     // if the queue was made with them (the broker checks equivalence).
     let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    arguments.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()),
-    );
+    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    arguments
+        .insert("x-dead-letter-exchange".into(), AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()));
     arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(20));
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     let channel = env.channel.clone();
+    channel.queue_declare(topology.queue.as_str().into(), durable, arguments).await.expect("jobs queue as contracted");
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
     channel
-        .queue_declare(topology.queue.as_str().into(), durable, arguments)
-        .await
-        .expect("jobs queue as contracted");
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(
-            topology.dead_letter_queue.as_str().into(),
-            passive,
-            FieldTable::default(),
-        )
+        .queue_declare(topology.dead_letter_queue.as_str().into(), passive, FieldTable::default())
         .await
         .expect("dead-letter queue exists");
 
@@ -287,14 +185,10 @@ async fn the_worker_declares_the_contract_topology() {
     // and publishing to the dead-letter exchange reaches the dead-letter queue.
     worker.stop().await.unwrap();
     for queue in [&topology.queue, &topology.dead_letter_queue] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await;
+        let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
     }
     for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await;
+        let _ = channel.exchange_delete(exchange.as_str().into(), Default::default()).await;
     }
     env.cleanup().await;
 }
@@ -303,11 +197,7 @@ async fn the_worker_declares_the_contract_topology() {
 async fn an_invalid_job_is_dead_lettered_at_once_and_the_rest_flow() {
     let env = TestEnv::new().await;
     let worker = env.spawn_worker(env.config());
-    env.publish([(
-        b"this is not json".to_vec(),
-        BasicProperties::default().with_message_id("bad-1".into()),
-    )])
-    .await;
+    env.publish([(b"this is not json".to_vec(), BasicProperties::default().with_message_id("bad-1".into()))]).await;
     env.publish_jobs(&[job("good-1", "u1", &["a"])]).await;
     env.wait_for_rows(2, Duration::from_secs(10)).await;
     worker.stop().await.unwrap();
@@ -324,23 +214,10 @@ async fn an_invalid_job_is_dead_lettered_at_once_and_the_rest_flow() {
     let letters = env.dead_letters().await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].data, b"this is not json");
-    assert_eq!(
-        tagsweep::queue::header_str(&letters[0].properties, "x-tagsweep-job-id").as_deref(),
-        Some("bad-1")
-    );
-    assert_eq!(
-        tagsweep::queue::header_int(&letters[0].properties, "x-tagsweep-error-code"),
-        Some(0)
-    );
-    assert_eq!(
-        tagsweep::queue::header_int(&letters[0].properties, "x-tagsweep-attempts"),
-        Some(0)
-    );
+    assert_eq!(tagsweep::queue::header_str(&letters[0].properties, "x-tagsweep-job-id").as_deref(), Some("bad-1"));
+    assert_eq!(tagsweep::queue::header_int(&letters[0].properties, "x-tagsweep-error-code"), Some(0));
+    assert_eq!(tagsweep::queue::header_int(&letters[0].properties, "x-tagsweep-attempts"), Some(0));
     assert_eq!(env.count_rows("succeeded").await, 1);
-    assert_eq!(
-        env.simulator().stats().calls,
-        1,
-        "the invalid job never reached the API"
-    );
+    assert_eq!(env.simulator().stats().calls, 1, "the invalid job never reached the API");
     env.cleanup().await;
 }

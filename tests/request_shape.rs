@@ -36,10 +36,7 @@ async fn capture(
         method,
         uri,
         query,
-        content_type: headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        content_type: headers.get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned),
         body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
     });
     r#"{"ActionStatus": "OK","ErrorInfo": "","ErrorCode":0}"#
@@ -49,42 +46,23 @@ fn entry(job: u64, account: &str, tags: &[&str]) -> Entry {
     Entry {
         part: PartId { job, index: 0 },
         account: account.into(),
-        tags: tags
-            .iter()
-            .map(|t| (*t).to_owned())
-            .collect::<Vec<_>>()
-            .into(),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>().into(),
     }
 }
 
 #[tokio::test]
 async fn the_request_matches_the_seed_sample() {
     let log: Log = Arc::default();
-    let app = axum::Router::new()
-        .fallback(any(capture))
-        .with_state(log.clone());
+    let app = axum::Router::new().fallback(any(capture)).with_state(log.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let key = SecretString::from("seed-sample-key");
-    let signer = Signer::from_key(
-        key.clone(),
-        88888888,
-        "admin".into(),
-        Duration::from_secs(86400),
-    );
-    let settings = ClientSettings {
-        base_url: format!("http://{addr}"),
-        sdkappid: 88888888,
-        identifier: "admin".into(),
-        request_timeout: Duration::from_secs(5),
-    };
+    let signer = Signer::from_key(key.clone(), 88888888, "admin".into(), Duration::from_secs(86400));
+    let settings = ClientSettings::new(format!("http://{addr}"), 88888888, "admin");
     let client = ApiClient::new(&settings, Arc::new(signer)).unwrap();
-    let entries = [
-        entry(1, "xiaojun012", &["a", "b"]),
-        entry(2, "xiaojun013", &["a", "b"]),
-    ];
+    let entries = [entry(1, "xiaojun012", &["a", "b"]), entry(2, "xiaojun013", &["a", "b"])];
     for _ in 0..2 {
         let report = client.remove_tags(&entries).await;
         assert_eq!(report.outcome, Ok(()));
@@ -96,35 +74,14 @@ async fn the_request_matches_the_seed_sample() {
     let first = &seen[0];
     assert_eq!(first.method, Method::POST);
     assert_eq!(first.uri.path(), "/v4/all_member_push/im_remove_tag");
-    let names: Vec<&str> = first
-        .uri
-        .query()
-        .unwrap()
-        .split('&')
-        .map(|p| p.split('=').next().unwrap())
-        .collect();
-    assert_eq!(
-        names,
-        ["usersig", "identifier", "sdkappid", "random", "contenttype"]
-    );
+    let names: Vec<&str> = first.uri.query().unwrap().split('&').map(|p| p.split('=').next().unwrap()).collect();
+    assert_eq!(names, ["usersig", "identifier", "sdkappid", "random", "contenttype"]);
     assert_eq!(first.query["identifier"], "admin");
     assert_eq!(first.query["sdkappid"], "88888888");
     assert_eq!(first.query["contenttype"], "json");
-    first.query["random"]
-        .parse::<u32>()
-        .expect("random is a u32");
-    assert_ne!(
-        first.query["random"], seen[1].query["random"],
-        "a fresh random per request"
-    );
-    usersig::verify(
-        &key,
-        &first.query["usersig"],
-        88888888,
-        "admin",
-        usersig::unix_now(),
-    )
-    .expect("a real UserSig");
+    first.query["random"].parse::<u32>().expect("random is a u32");
+    assert_ne!(first.query["random"], seen[1].query["random"], "a fresh random per request");
+    usersig::verify(&key, &first.query["usersig"], 88888888, "admin", usersig::unix_now()).expect("a real UserSig");
     assert_eq!(first.content_type.as_deref(), Some("application/json"));
     let sample: serde_json::Value = serde_json::from_str(
         r#"{"UserTags": [{"To_Account": "xiaojun012","Tags": ["a", "b"]},{"To_Account": "xiaojun013","Tags": ["a", "b"]}]}"#,
@@ -140,22 +97,12 @@ async fn errors_never_show_the_usersig() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let sig = "eJyrVgrxCdYrSy1SslJQMtIzUNJRAItkpqTmlWSmZUIkElNyM-Myi0uKEkvyi2BKilOyEwsKMlOACgxNDKAAKpdaUZBZlAqUsTAzgQuWZOaChAzN0RQXZ6aDLKn0cUzVLjcPD00NLS1MCrPM0A*JMLcoNTLMD3HP1M60jCowLDUOKMiLNDOwVaoFAD4PNPI_";
-    let settings = ClientSettings {
-        base_url: format!("http://{addr}"),
-        sdkappid: 1400000000,
-        identifier: "administrator".into(),
-        request_timeout: Duration::from_secs(2),
-    };
-    let client =
-        ApiClient::new(&settings, Arc::new(Signer::Fixed(SecretString::from(sig)))).unwrap();
+    let settings = ClientSettings::new(format!("http://{addr}"), 1400000000, "administrator");
+    let client = ApiClient::new(&settings, Arc::new(Signer::Fixed(SecretString::from(sig)))).unwrap();
     let report = client.remove_tags(&[entry(1, "u", &["a"])]).await;
     let error = report.outcome.unwrap_err();
     assert_eq!(error.class(), "transient");
-    for text in [
-        error.to_string(),
-        format!("{error:?}"),
-        format!("{client:?}"),
-    ] {
+    for text in [error.to_string(), format!("{error:?}"), format!("{client:?}")] {
         assert!(!text.contains(&sig[..20]), "leaked the UserSig: {text}");
         assert!(!text.contains("usersig="), "leaked the query: {text}");
     }

@@ -17,9 +17,7 @@ async fn sigterm_mid_stream_loses_nothing() {
     })
     .await;
     let total = 3000;
-    let bodies: Vec<_> = (0..total)
-        .map(|i| job(&format!("term-{i}"), &format!("u{i}"), &["a", "b"]))
-        .collect();
+    let bodies: Vec<_> = (0..total).map(|i| job(&format!("term-{i}"), &format!("u{i}"), &["a", "b"])).collect();
     env.publish_jobs(&bodies).await;
 
     let topology = &env.topology;
@@ -33,10 +31,7 @@ async fn sigterm_mid_stream_loses_nothing() {
         .env("TAGSWEEP_SECRET_KEY", SECRET_KEY)
         .env("TAGSWEEP_EXCHANGE", &topology.exchange)
         .env("TAGSWEEP_QUEUE", &topology.queue)
-        .env(
-            "TAGSWEEP_DEAD_LETTER_EXCHANGE",
-            &topology.dead_letter_exchange,
-        )
+        .env("TAGSWEEP_DEAD_LETTER_EXCHANGE", &topology.dead_letter_exchange)
         .env("TAGSWEEP_DEAD_LETTER_QUEUE", &topology.dead_letter_queue)
         .env("TAGSWEEP_MAX_CALLS_PER_SECOND", "20")
         .env("TAGSWEEP_BATCH_SIZE", "25")
@@ -49,38 +44,22 @@ async fn sigterm_mid_stream_loses_nothing() {
     // Let it get going, then SIGTERM it while calls are in flight.
     env.wait_for_rows(200, Duration::from_secs(30)).await;
     let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
     assert!(status.success());
     let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("tagsweep stops within its grace period")
         .expect("wait");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "clean exit; stderr:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains(SECRET_KEY),
-        "the secret key never reaches the logs"
-    );
+    assert_eq!(output.status.code(), Some(0), "clean exit; stderr:\n{stderr}");
+    assert!(!stderr.contains(SECRET_KEY), "the secret key never reaches the logs");
 
     // Every job is either recorded or back on the queue: nothing vanished,
     // and nothing was acknowledged without its row.
     let recorded = env.total_rows().await;
     let waiting = i64::from(env.depth(&topology.queue).await);
-    assert!(
-        recorded < total,
-        "the test stopped the worker mid-stream ({recorded} rows)"
-    );
-    assert!(
-        recorded + waiting >= total,
-        "{recorded} recorded + {waiting} queued < {total}"
-    );
+    assert!(recorded < total, "the test stopped the worker mid-stream ({recorded} rows)");
+    assert!(recorded + waiting >= total, "{recorded} recorded + {waiting} queued < {total}");
 
     // A fresh worker finishes the rest; every job ends with exactly one row.
     let worker = env.spawn_worker(env.config());
@@ -89,9 +68,6 @@ async fn sigterm_mid_stream_loses_nothing() {
     assert_eq!(env.count_rows("succeeded").await, total);
     assert_eq!(env.depth(&topology.queue).await, 0);
     let sent_twice = env.simulator().stats().repeated_removals;
-    assert!(
-        sent_twice <= 25 * 20,
-        "only batches in flight may go twice: {sent_twice}"
-    );
+    assert!(sent_twice <= 25 * 20, "only batches in flight may go twice: {sent_twice}");
     env.cleanup().await;
 }

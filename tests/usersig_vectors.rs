@@ -42,22 +42,11 @@ fn cases() -> Vec<Case> {
 fn signed_text_and_tls_sig_match_tencents_libraries() {
     for case in cases() {
         let key = SecretString::from(case.key.clone());
-        let content = usersig::signed_content(
-            &case.identifier,
-            case.sdkappid,
-            case.time,
-            case.expire_s,
-            case.userbuf.as_deref(),
-        );
+        let content =
+            usersig::signed_content(&case.identifier, case.sdkappid, case.time, case.expire_s, case.userbuf.as_deref());
         assert_eq!(content, case.hmac_content, "{}: signed text", case.name);
-        let sig = usersig::tls_sig(
-            &key,
-            &case.identifier,
-            case.sdkappid,
-            case.time,
-            case.expire_s,
-            case.userbuf.as_deref(),
-        );
+        let sig =
+            usersig::tls_sig(&key, &case.identifier, case.sdkappid, case.time, case.expire_s, case.userbuf.as_deref());
         assert_eq!(sig, case.expected_tls_sig, "{}: TLS.sig", case.name);
     }
 }
@@ -66,54 +55,23 @@ fn signed_text_and_tls_sig_match_tencents_libraries() {
 fn both_libraries_strings_verify_and_decode_to_the_same_fields() {
     for case in cases() {
         let key = SecretString::from(case.key.clone());
-        for (lib, string) in [
-            ("python", &case.usersig_python),
-            ("node", &case.usersig_node),
-        ] {
+        for (lib, string) in [("python", &case.usersig_python), ("node", &case.usersig_node)] {
             let decoded = usersig::verify(&key, string, case.sdkappid, &case.identifier, case.time)
                 .unwrap_or_else(|e| panic!("{} ({lib}) does not verify: {e}", case.name));
             let fields = &case.decoded_fields;
             assert_eq!(decoded.ver, fields["TLS.ver"], "{} ({lib})", case.name);
-            assert_eq!(
-                decoded.identifier, fields["TLS.identifier"],
-                "{} ({lib})",
-                case.name
-            );
-            assert_eq!(
-                decoded.sdkappid, fields["TLS.sdkappid"],
-                "{} ({lib})",
-                case.name
-            );
+            assert_eq!(decoded.identifier, fields["TLS.identifier"], "{} ({lib})", case.name);
+            assert_eq!(decoded.sdkappid, fields["TLS.sdkappid"], "{} ({lib})", case.name);
             assert_eq!(decoded.time, fields["TLS.time"], "{} ({lib})", case.name);
-            assert_eq!(
-                decoded.expire, fields["TLS.expire"],
-                "{} ({lib})",
-                case.name
-            );
+            assert_eq!(decoded.expire, fields["TLS.expire"], "{} ({lib})", case.name);
             assert_eq!(decoded.sig, fields["TLS.sig"], "{} ({lib})", case.name);
             assert_eq!(decoded.sig, case.expected_tls_sig, "{} ({lib})", case.name);
-            assert_eq!(
-                decoded.userbuf.as_deref(),
-                case.userbuf.as_deref(),
-                "{} ({lib})",
-                case.name
-            );
-            assert_eq!(
-                decoded.expires_at(),
-                case.expires_at,
-                "{} ({lib})",
-                case.name
-            );
+            assert_eq!(decoded.userbuf.as_deref(), case.userbuf.as_deref(), "{} ({lib})", case.name);
+            assert_eq!(decoded.expires_at(), case.expires_at, "{} ({lib})", case.name);
 
             // One second past expiry the same string is refused; a wrong key never verifies.
             assert!(matches!(
-                usersig::verify(
-                    &key,
-                    string,
-                    case.sdkappid,
-                    &case.identifier,
-                    case.expires_at + 1
-                ),
+                usersig::verify(&key, string, case.sdkappid, &case.identifier, case.expires_at + 1),
                 Err(usersig::VerifyError::Expired { .. })
             ));
             let wrong = SecretString::from(format!("{}x", case.key));
@@ -131,29 +89,13 @@ fn both_libraries_strings_verify_and_decode_to_the_same_fields() {
 fn our_strings_decode_to_the_fields_tencents_libraries_produce() {
     for case in cases().into_iter().filter(|c| c.userbuf.is_none()) {
         let key = SecretString::from(case.key.clone());
-        let ours = usersig::generate(
-            &key,
-            case.sdkappid,
-            &case.identifier,
-            case.time,
-            case.expire_s,
-        );
-        let decoded = usersig::verify(
-            &key,
-            ours.expose_secret(),
-            case.sdkappid,
-            &case.identifier,
-            case.time,
-        )
-        .unwrap_or_else(|e| panic!("{}: our string does not verify: {e}", case.name));
+        let ours = usersig::generate(&key, case.sdkappid, &case.identifier, case.time, case.expire_s);
+        let decoded = usersig::verify(&key, ours.expose_secret(), case.sdkappid, &case.identifier, case.time)
+            .unwrap_or_else(|e| panic!("{}: our string does not verify: {e}", case.name));
         assert_eq!(decoded.sig, case.expected_tls_sig, "{}", case.name);
         assert_eq!(decoded.identifier, case.identifier);
         assert_eq!((decoded.time, decoded.expire), (case.time, case.expire_s));
         // Only Tencent's alphabet: no '+', '/' or '=' may reach the URL.
-        assert!(
-            !ours.expose_secret().contains(['+', '/', '=']),
-            "{}",
-            case.name
-        );
+        assert!(!ours.expose_secret().contains(['+', '/', '=']), "{}", case.name);
     }
 }

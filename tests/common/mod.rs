@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -50,15 +50,11 @@ async fn services() -> &'static Services {
         .get_or_init(|| async {
             let amqp = std::env::var("AMQP_URL").ok();
             let database = std::env::var("DATABASE_URL").ok();
-            let local_amqp = listening("127.0.0.1:5672")
-                .then(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-            let local_pg = listening("127.0.0.1:5432")
-                .then(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+            let local_amqp = listening("127.0.0.1:5672").then(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+            let local_pg =
+                listening("127.0.0.1:5432").then(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
             match (amqp.or(local_amqp), database.or(local_pg)) {
-                (Some(amqp_url), Some(database_url)) => Services {
-                    amqp_url,
-                    database_url,
-                },
+                (Some(amqp_url), Some(database_url)) => Services { amqp_url, database_url },
                 (amqp, database) => containers(amqp, database).await,
             }
         })
@@ -78,10 +74,7 @@ async fn containers(amqp: Option<String>, database: Option<String>) -> Services 
             let node = RabbitMq::default().with_tag("3.13-management").start().await.expect(
                 "no RabbitMQ: set AMQP_URL, run one on 127.0.0.1:5672, or provide a Docker engine for testcontainers",
             );
-            let port = node
-                .get_host_port_ipv4(5672)
-                .await
-                .expect("mapped AMQP port");
+            let port = node.get_host_port_ipv4(5672).await.expect("mapped AMQP port");
             std::mem::forget(node);
             format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
         }
@@ -92,18 +85,12 @@ async fn containers(amqp: Option<String>, database: Option<String>) -> Services 
             let node = Postgres::default().with_host_auth().with_tag("16-alpine").start().await.expect(
                 "no PostgreSQL: set DATABASE_URL, run one on 127.0.0.1:5432, or provide a Docker engine for testcontainers",
             );
-            let port = node
-                .get_host_port_ipv4(5432)
-                .await
-                .expect("mapped PostgreSQL port");
+            let port = node.get_host_port_ipv4(5432).await.expect("mapped PostgreSQL port");
             std::mem::forget(node);
             format!("postgres://postgres@127.0.0.1:{port}/postgres")
         }
     };
-    Services {
-        amqp_url,
-        database_url,
-    }
+    Services { amqp_url, database_url }
 }
 
 fn with_database(url: &str, name: &str) -> String {
@@ -165,17 +152,13 @@ impl TestEnv {
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
 
         let database = format!("tagsweep_test_{suffix}");
-        let mut admin = PgConnection::connect(&services.database_url)
-            .await
-            .expect("PostgreSQL admin connection");
+        let mut admin = PgConnection::connect(&services.database_url).await.expect("PostgreSQL admin connection");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
             .execute(&mut admin)
             .await
             .expect("create the test database");
         let database_url = with_database(&services.database_url, &database);
-        let pool = PgPool::connect(&database_url)
-            .await
-            .expect("connect to the test database");
+        let pool = PgPool::connect(&database_url).await.expect("connect to the test database");
 
         let topology = Topology {
             exchange: format!("test.{suffix}"),
@@ -184,29 +167,18 @@ impl TestEnv {
             dead_letter_exchange: format!("test.{suffix}.dead"),
             dead_letter_queue: format!("test.{suffix}.dead"),
         };
-        let connection = tagsweep::queue::connect(
-            &SecretString::from(services.amqp_url.clone()),
-            "tagsweep tests",
-        )
-        .await
-        .expect("RabbitMQ connection");
+        let connection = tagsweep::queue::connect(&SecretString::from(services.amqp_url.clone()), "tagsweep tests")
+            .await
+            .expect("RabbitMQ connection");
         let channel = connection.create_channel().await.expect("channel");
         // The worker declares the topology too; declaring it here lets a
         // test publish before the worker starts.
-        tagsweep::queue::declare(&channel, &topology)
-            .await
-            .expect("declare the topology");
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm mode");
+        tagsweep::queue::declare(&channel, &topology).await.expect("declare the topology");
+        channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
 
         let mut sim_config = SimConfig::new(SDKAPPID, SECRET_KEY);
         adjust(&mut sim_config);
-        let sim = Simulator::new(sim_config)
-            .spawn("127.0.0.1:0".parse().unwrap())
-            .await
-            .expect("simulator");
+        let sim = Simulator::new(sim_config).spawn("127.0.0.1:0".parse().unwrap()).await.expect("simulator");
 
         TestEnv {
             amqp_url: services.amqp_url.clone(),
@@ -232,12 +204,9 @@ impl TestEnv {
             amqp_url: SecretString::from(self.amqp_url.clone()),
             database_url: SecretString::from(self.database_url.clone()),
             api: ClientSettings {
-                base_url: self.sim.base_url(),
-                sdkappid: SDKAPPID,
-                identifier: "administrator".into(),
                 request_timeout: Duration::from_secs(5),
+                ..ClientSettings::new(self.sim.base_url(), SDKAPPID, "administrator")
             },
-            api_backup_url: None,
             credential: Credential::SecretKey(SecretString::from(SECRET_KEY)),
             topology: self.topology.clone(),
             max_calls_per_second: 100,
@@ -274,41 +243,26 @@ impl TestEnv {
                     self.topology.routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     &body,
-                    properties
-                        .with_delivery_mode(2)
-                        .with_content_type("application/json".into()),
+                    properties.with_delivery_mode(2).with_content_type("application/json".into()),
                 )
                 .await
                 .expect("publish");
             confirms.push(confirm);
         }
         for confirm in confirms {
-            assert!(
-                confirm.await.expect("confirm").is_ack(),
-                "the broker confirms every job"
-            );
+            assert!(confirm.await.expect("confirm").is_ack(), "the broker confirms every job");
         }
     }
 
     pub async fn publish_jobs(&self, jobs: &[serde_json::Value]) {
-        self.publish(
-            jobs.iter()
-                .map(|job| (job.to_string().into_bytes(), BasicProperties::default())),
-        )
-        .await;
+        self.publish(jobs.iter().map(|job| (job.to_string().into_bytes(), BasicProperties::default()))).await;
     }
 
     /// Messages ready in a queue.
     pub async fn depth(&self, queue: &str) -> u32 {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
+        let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
         let channel = self.connection.create_channel().await.expect("channel");
-        let depth = channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await
-            .expect("queue exists");
+        let depth = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.expect("queue exists");
         let _ = channel.close(200, "done".into()).await;
         depth.message_count()
     }
@@ -318,18 +272,12 @@ impl TestEnv {
         let mut out = Vec::new();
         while let Some(message) = self
             .channel
-            .basic_get(
-                self.topology.dead_letter_queue.as_str().into(),
-                BasicGetOptions::default(),
-            )
+            .basic_get(self.topology.dead_letter_queue.as_str().into(), BasicGetOptions::default())
             .await
             .expect("basic.get")
         {
             let delivery = message.delivery;
-            self.channel
-                .basic_ack(delivery.delivery_tag, BasicAckOptions::default())
-                .await
-                .expect("ack");
+            self.channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default()).await.expect("ack");
             out.push(delivery);
         }
         out
@@ -344,10 +292,7 @@ impl TestEnv {
     }
 
     pub async fn total_rows(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM tag_removal_jobs")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap_or(0)
+        sqlx::query_scalar("SELECT count(*) FROM tag_removal_jobs").fetch_one(&self.pool).await.unwrap_or(0)
     }
 
     /// Polls until `n` rows exist, or panics after `timeout`.
@@ -358,10 +303,7 @@ impl TestEnv {
             if rows >= n {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "only {rows} of {n} rows after {timeout:?}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "only {rows} of {n} rows after {timeout:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -370,24 +312,16 @@ impl TestEnv {
     pub async fn cleanup(self) {
         let topology = &self.topology;
         for queue in [&topology.queue, &topology.dead_letter_queue] {
-            let _ = self
-                .channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
+            let _ = self.channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
         }
         for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
-            let _ = self
-                .channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
+            let _ = self.channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
         }
         let _ = self.connection.close(200, "done".into()).await;
         self.pool.close().await;
         if let Ok(mut admin) = PgConnection::connect(&self.admin_database_url).await {
             let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
-            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                .execute(&mut admin)
-                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await;
         }
     }
 }
@@ -399,12 +333,6 @@ pub fn job(id: &str, account: &str, tags: &[&str]) -> serde_json::Value {
 
 /// Drains a consumer stream without blocking forever; used by stories that
 /// watch a queue directly.
-pub async fn next_within<S: futures_util::Stream + Unpin>(
-    stream: &mut S,
-    timeout: Duration,
-) -> Option<S::Item> {
-    tokio::time::timeout(timeout, stream.next())
-        .await
-        .ok()
-        .flatten()
+pub async fn next_within<S: futures_util::Stream + Unpin>(stream: &mut S, timeout: Duration) -> Option<S::Item> {
+    tokio::time::timeout(timeout, stream.next()).await.ok().flatten()
 }

@@ -112,6 +112,8 @@ pub struct Config {
     /// How long shutdown waits for calls in flight before returning their jobs.
     pub shutdown_grace: Duration,
     pub usersig_validity: Duration,
+    /// How long start-up waits for RabbitMQ and PostgreSQL to answer.
+    pub connect_timeout: Duration,
 }
 
 /// Flags of `tagsweep run` (CONTRACT §6), each also read from its env var.
@@ -173,6 +175,9 @@ pub struct RunArgs {
     pub max_in_flight: usize,
     #[arg(long, env = "TAGSWEEP_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
+    /// How long start-up keeps retrying the broker and the database.
+    #[arg(long, env = "TAGSWEEP_CONNECT_TIMEOUT_MS", default_value_t = 60_000)]
+    pub connect_timeout_ms: u64,
 }
 
 /// Where the broker is and what the topology is called; shared by every
@@ -278,6 +283,7 @@ impl RunArgs {
             max_in_flight: self.max_in_flight.max(1),
             shutdown_grace: ms(self.shutdown_grace_ms),
             usersig_validity: crate::usersig::DEFAULT_VALIDITY,
+            connect_timeout: ms(self.connect_timeout_ms),
         })
     }
 }

@@ -271,6 +271,33 @@ mod tests {
         assert!(invalid.reason.contains("65537 bytes"));
     }
 
+    proptest::proptest! {
+        /// Whatever arrives, parsing answers (valid or invalid) and never panics.
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let _ = parse(&body, None);
+        }
+
+        /// JSON of the right shape but any content is judged by the rules alone.
+        #[test]
+        fn arbitrary_jobs_are_judged_by_the_rules(
+            id in proptest::option::of(".{0,140}"),
+            account in ".{0,40}",
+            tags in proptest::collection::vec(".{0,60}", 0..120),
+        ) {
+            let body = serde_json::json!({"job_id": id, "account": account, "tags": tags}).to_string();
+            match parse(body.as_bytes(), None) {
+                Ok(job) => {
+                    proptest::prop_assert!((1..=MAX_ACCOUNT_BYTES).contains(&job.account.len()));
+                    proptest::prop_assert!((1..=MAX_TAGS_PER_JOB).contains(&job.tags.len()));
+                    proptest::prop_assert!(job.tags.iter().all(|t| (1..=MAX_TAG_BYTES).contains(&t.len())));
+                    proptest::prop_assert!((1..=MAX_JOB_ID_BYTES).contains(&job.id.len()));
+                }
+                Err(invalid) => proptest::prop_assert!(!invalid.reason.is_empty()),
+            }
+        }
+    }
+
     #[test]
     fn invalid_job_keeps_what_could_be_read() {
         let invalid = parse(br#"{"job_id": "j1", "account": "u", "tags": ["ok", ""]}"#, None).unwrap_err();

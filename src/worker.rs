@@ -78,10 +78,11 @@ pub struct Summary {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<Summary, WorkerError> {
     // PostgreSQL first: a worker that consumes before it can record would
     // only hand every message back, and each return spends the delivery limit.
-    let store = Store::connect(&config.database_url, 10).await?;
+    let store = patiently("PostgreSQL", config.connect_timeout, || Store::connect(&config.database_url, 10)).await?;
     store.migrate().await?;
 
-    let connection = queue::connect(&config.amqp_url, "tagsweep worker").await?;
+    let connection =
+        patiently("RabbitMQ", config.connect_timeout, || queue::connect(&config.amqp_url, "tagsweep worker")).await?;
     let channel = connection.create_channel().await.map_err(QueueError::from)?;
     queue::declare(&channel, &config.topology).await?;
     let dead_letters = DeadLetters::open(&connection, &config.topology.dead_letter_exchange).await?;
@@ -856,6 +857,31 @@ async fn persist(
                 // Stopping: one last try, then hand the jobs back.
                 return store.record(calls, rows).await.is_ok();
             }
+        }
+    }
+}
+
+/// Retries a connection with backoff for up to `limit`, so that a worker
+/// started (or restarted by its supervisor) while a service is still coming
+/// up waits for it instead of exiting at once.
+async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    limit: Duration,
+    mut connect: impl FnMut() -> F,
+) -> Result<T, E> {
+    let mut backoff =
+        RetryPolicy { initial: Duration::from_millis(250), max_interval: Duration::from_secs(5), max_elapsed: limit }
+            .backoff();
+    loop {
+        match connect().await {
+            Ok(connected) => return Ok(connected),
+            Err(error) => match backoff.next() {
+                Some(delay) => {
+                    tracing::warn!("cannot reach {what} ({error}); retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(error),
+            },
         }
     }
 }

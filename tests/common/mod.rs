@@ -222,6 +222,7 @@ impl TestEnv {
             max_in_flight: 32,
             shutdown_grace: Duration::from_secs(10),
             usersig_validity: tagsweep::usersig::DEFAULT_VALIDITY,
+            connect_timeout: Duration::from_secs(30),
         }
     }
 
@@ -306,6 +307,15 @@ impl TestEnv {
             assert!(tokio::time::Instant::now() < deadline, "only {rows} of {n} rows after {timeout:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Opens a fresh broker connection (after a broker restart).
+    pub async fn reconnect(&mut self) {
+        self.connection = tagsweep::queue::connect(&SecretString::from(self.amqp_url.clone()), "tagsweep tests")
+            .await
+            .expect("RabbitMQ connection");
+        self.channel = self.connection.create_channel().await.expect("channel");
+        self.channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm mode");
     }
 
     /// Deletes this test's queues, exchanges and database.

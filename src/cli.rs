@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::RunArgs;
+use crate::config::{BrokerArgs, RunArgs};
+use crate::ops::{self, OpsError};
 use crate::sim::{Faults, SimConfig, Simulator};
 use crate::telemetry::{self, LogFormat};
 
@@ -30,6 +31,131 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Serve a local stand-in for Tencent's endpoint (tests, demos; never production).
     Simulate(SimulateArgs),
+    /// Publish jobs from arguments, a file or stdin (JSON lines or CSV).
+    Enqueue(EnqueueArgs),
+    /// Retry failed removals from the dead-letter queue or the job table.
+    Replay(ReplayArgs),
+    /// Audit queries on the job table.
+    Jobs(JobsArgs),
+    /// Run the whole pipeline against a simulated Tencent, with its own names.
+    Demo(DemoArgs),
+    /// Exit 0 if URL answers 200 (container healthchecks; the image has no curl).
+    Probe {
+        /// e.g. http://127.0.0.1:9090/readyz
+        url: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// One job for this account (with --tag).
+    #[arg(long, requires = "tags", conflicts_with = "file")]
+    pub account: Option<String>,
+    /// A tag to remove (repeatable), with --account.
+    #[arg(long = "tag", id = "tags")]
+    pub tags: Vec<String>,
+    /// The job id for --account (a UUID otherwise).
+    #[arg(long, requires = "account")]
+    pub job_id: Option<String>,
+    /// Jobs one per line; `-` reads stdin.
+    #[arg(long, short = 'f', required_unless_present = "account")]
+    pub file: Option<std::path::PathBuf>,
+    #[arg(long, value_enum, default_value_t = ops::enqueue::Format::Auto)]
+    pub format: ops::enqueue::Format,
+    /// Publish the valid lines even if some are invalid (they are listed).
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Publishes awaiting their confirm at once.
+    #[arg(long, default_value_t = 2000)]
+    pub confirm_window: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Where the failed jobs are taken from.
+    #[arg(long, value_enum, default_value_t = ops::replay::Source::Queue)]
+    pub from: ops::replay::Source,
+    /// Only jobs that failed with this ErrorCode (0: invalid jobs are never replayed).
+    #[arg(long)]
+    pub error_code: Option<i32>,
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Only jobs that finished at or after this (RFC 3339, YYYY-MM-DD, or an age: 24h, 7d).
+    #[arg(long, value_parser = ops::audit::parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only jobs that finished before this.
+    #[arg(long, value_parser = ops::audit::parse_time)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// With --from table: the status to replay.
+    #[arg(long, default_value = "dead_lettered")]
+    pub status: String,
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// List what would be replayed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JobsArgs {
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    #[arg(long)]
+    pub account: Option<String>,
+    #[arg(long)]
+    pub job_id: Option<String>,
+    /// succeeded, dead_lettered or replaying.
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long)]
+    pub error_code: Option<i32>,
+    /// Received at or after (RFC 3339, YYYY-MM-DD, or an age: 24h, 7d).
+    #[arg(long, value_parser = ops::audit::parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    #[arg(long, value_parser = ops::audit::parse_time)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// Counts by status and error code per hour or day instead of jobs.
+    #[arg(long, value_enum)]
+    pub summary: Option<ops::audit::Bucket>,
+    /// JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    pub amqp_url: String,
+    /// The PostgreSQL server; the demo creates its own database `tagsweep_demo` there.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -92,6 +218,38 @@ pub async fn run(cli: Cli) -> i32 {
                 }
             }
         }
+        Command::Enqueue(args) => finish(enqueue(args).await),
+        Command::Probe { url } => {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build();
+            match client.map(|c| c.get(&url)) {
+                Ok(request) => match request.send().await {
+                    Ok(response) if response.status().is_success() => 0,
+                    Ok(response) => {
+                        eprintln!("tagsweep: {url} answered {}", response.status());
+                        1
+                    }
+                    Err(error) => {
+                        eprintln!("tagsweep: {url}: {}", error.without_url());
+                        1
+                    }
+                },
+                Err(error) => {
+                    eprintln!("tagsweep: {error}");
+                    1
+                }
+            }
+        }
+        Command::Replay(args) => finish(replay(args).await),
+        Command::Jobs(args) => finish(jobs(args).await),
+        Command::Demo(args) => finish(
+            ops::demo::run(ops::demo::DemoOptions {
+                amqp_url: args.amqp_url.into(),
+                database_url: args.database_url.into(),
+                jobs: args.jobs,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            })
+            .await,
+        ),
         Command::Simulate(args) => {
             let mut config = SimConfig::new(args.sdkappid, args.secret_key);
             config.admins = args.admins;
@@ -118,6 +276,121 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
     }
+}
+
+/// Prints an operator command's result, or its error; returns the exit code.
+fn finish(result: Result<String, OpsError>) -> i32 {
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            0
+        }
+        Err(error) => {
+            eprintln!("tagsweep: {error}");
+            error.exit_code()
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+async fn enqueue(args: EnqueueArgs) -> Result<String, OpsError> {
+    let topology = args.broker.topology().map_err(|e| OpsError::Input(e.to_string()))?;
+    let connection = crate::queue::connect(&args.broker.amqp_url.clone().into(), "tagsweep enqueue").await?;
+    let input = match (args.account, args.file) {
+        (Some(account), _) => ops::enqueue::Input::One { job_id: args.job_id, account, tags: args.tags },
+        (None, Some(path)) => ops::enqueue::Input::Lines { path, format: args.format },
+        (None, None) => return Err(OpsError::Input("give --account with --tag, or --file".into())),
+    };
+    let options = ops::enqueue::EnqueueOptions {
+        input,
+        skip_invalid: args.skip_invalid,
+        confirm_window: args.confirm_window,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let report = ops::enqueue::enqueue(&connection, &topology, options).await;
+    let _ = connection.close(200, "done".into()).await;
+    let report = report?;
+    let mut text = format!(
+        "published {} job(s) to exchange {:?} (routing key {:?}) in {:.1} s ({:.0} jobs/s), every one confirmed",
+        report.published,
+        topology.exchange,
+        topology.routing_key,
+        report.seconds,
+        report.published as f64 / report.seconds.max(1e-9)
+    );
+    if report.skipped > 0 {
+        text.push_str(&format!("\nskipped {} invalid line(s):", report.skipped));
+        for bad in report.bad_lines.iter().take(20) {
+            text.push_str(&format!("\n  line {}: {}", bad.line, bad.reason));
+        }
+    }
+    Ok(text)
+}
+
+async fn replay(args: ReplayArgs) -> Result<String, OpsError> {
+    let topology = args.broker.topology().map_err(|e| OpsError::Input(e.to_string()))?;
+    let store = crate::store::Store::connect(&args.database_url.clone().into(), 2).await?;
+    store.migrate().await?;
+    let connection = crate::queue::connect(&args.broker.amqp_url.clone().into(), "tagsweep replay").await?;
+    let options = ops::replay::ReplayOptions {
+        source: args.from,
+        filter: ops::replay::Filter {
+            error_code: args.error_code,
+            account: args.account,
+            since: args.since,
+            until: args.until,
+            status: Some(args.status),
+            limit: args.limit,
+        },
+        dry_run: args.dry_run,
+    };
+    let report = ops::replay::replay(&connection, store.pool(), &topology, options).await;
+    let _ = connection.close(200, "done".into()).await;
+    let report = report?;
+    if args.json {
+        return Ok(to_json(&report));
+    }
+    let verb = if report.dry_run { "would replay" } else { "replayed" };
+    let mut text = format!("{verb} {} job(s)", report.replayed.len());
+    if report.left > 0 {
+        text.push_str(&format!("; {} dead letter(s) left in place (no match, or not valid jobs)", report.left));
+    }
+    for job in report.replayed.iter().take(100) {
+        text.push_str(&format!(
+            "\n  {}  {}  {}  {}",
+            job.job_id,
+            job.account.as_deref().unwrap_or("-"),
+            job.error_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            job.error_info.as_deref().unwrap_or("")
+        ));
+    }
+    Ok(text)
+}
+
+async fn jobs(args: JobsArgs) -> Result<String, OpsError> {
+    let store = crate::store::Store::connect(&args.database_url.clone().into(), 2).await?;
+    let query = ops::audit::JobQuery {
+        account: args.account,
+        job_id: args.job_id,
+        status: args.status,
+        error_code: args.error_code,
+        since: args.since,
+        until: args.until,
+        limit: args.limit,
+    };
+    Ok(match args.summary {
+        Some(bucket) => {
+            let rows = ops::audit::summary(store.pool(), &query, bucket).await?;
+            if args.json { to_json(&rows) } else { ops::audit::render_summary(&rows) }
+        }
+        None => {
+            let rows = ops::audit::list(store.pool(), &query).await?;
+            if args.json { to_json(&rows) } else { ops::audit::render_jobs(&rows) }
+        }
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

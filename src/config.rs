@@ -114,6 +114,8 @@ pub struct Config {
     pub usersig_validity: Duration,
     /// How long start-up waits for RabbitMQ and PostgreSQL to answer.
     pub connect_timeout: Duration,
+    /// Where to serve /metrics, /healthz and /readyz (off when None).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Flags of `tagsweep run` (CONTRACT §6), each also read from its env var.
@@ -178,6 +180,9 @@ pub struct RunArgs {
     /// How long start-up keeps retrying the broker and the database.
     #[arg(long, env = "TAGSWEEP_CONNECT_TIMEOUT_MS", default_value_t = 60_000)]
     pub connect_timeout_ms: u64,
+    /// Serve Prometheus /metrics, /healthz and /readyz here, e.g. 0.0.0.0:9090.
+    #[arg(long, env = "TAGSWEEP_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Where the broker is and what the topology is called; shared by every
@@ -284,6 +289,7 @@ impl RunArgs {
             shutdown_grace: ms(self.shutdown_grace_ms),
             usersig_validity: crate::usersig::DEFAULT_VALIDITY,
             connect_timeout: ms(self.connect_timeout_ms),
+            metrics_addr: self.metrics_addr,
         })
     }
 }

@@ -11,6 +11,7 @@
 //! - [`queue`]: RabbitMQ topology, acknowledgements and dead letters;
 //! - [`worker`]: the pipeline that ties them together ([`worker::run`]);
 //! - [`sim`]: a local stand-in for Tencent's endpoint, for tests and demos;
+//! - [`ops`]: the operators' commands (enqueue, replay, audit, demo);
 //! - [`config`], [`cli`] and [`telemetry`]: how it is started and observed.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod job;
 pub mod limit;
+pub mod ops;
 pub mod queue;
 pub mod sim;
 pub mod store;

@@ -9,6 +9,13 @@
 //! than in bursts that network jitter could squeeze together. The margin
 //! absorbs jitter between our clock and the server's view of arrivals.
 //!
+//! Reservations spread the wake-ups, but a task can wake late (a busy
+//! core, a slow connection) and a late call squeezes the window for the
+//! calls after it. So the reservation is only a first wait: at wake-up each
+//! call is admitted against a log of *actual* dispatch times, and the log
+//! entry is written at the moment the call is let go. The margin then only
+//! has to cover what happens after that moment.
+//!
 //! A rate-limited answer pauses every call for a while ([`Pacer::pause`]):
 //! the server counts refused calls in its window too.
 
@@ -30,6 +37,8 @@ pub struct Pacer {
 struct State {
     /// The last `max_calls` reserved send times, oldest first, non-decreasing.
     sent: VecDeque<Instant>,
+    /// The last `max_calls` times a call was actually let go, oldest first.
+    dispatched: VecDeque<Instant>,
     paused_until: Option<Instant>,
 }
 
@@ -42,7 +51,11 @@ impl Pacer {
             max_calls,
             window,
             spacing: window / max_calls as u32,
-            state: Mutex::new(State { sent: VecDeque::with_capacity(max_calls + 1), paused_until: None }),
+            state: Mutex::new(State {
+                sent: VecDeque::with_capacity(max_calls + 1),
+                dispatched: VecDeque::with_capacity(max_calls + 1),
+                paused_until: None,
+            }),
         }
     }
 
@@ -51,15 +64,36 @@ impl Pacer {
     /// only makes the pace slower, never faster.
     pub async fn acquire(&self) -> Duration {
         let start = Instant::now();
+        let slot = self.reserve(start);
+        tokio::time::sleep_until(slot).await;
         loop {
-            let slot = self.reserve(Instant::now());
-            tokio::time::sleep_until(slot).await;
-            // A pause that began while we slept moves us behind it.
-            let paused = self.lock().paused_until.is_some_and(|until| until > Instant::now());
-            if !paused {
-                return start.elapsed();
+            match self.admit(Instant::now()) {
+                Ok(()) => return start.elapsed(),
+                // Behind a late call, or a pause that began while we slept.
+                Err(not_before) => tokio::time::sleep_until(not_before).await,
             }
         }
+    }
+
+    /// Lets a call go at `now` if the actual dispatch log allows it, and logs
+    /// it; otherwise says when to try again.
+    fn admit(&self, now: Instant) -> Result<(), Instant> {
+        let mut state = self.lock();
+        let mut earliest = now;
+        if let Some(until) = state.paused_until {
+            earliest = earliest.max(until);
+        }
+        if state.dispatched.len() >= self.max_calls {
+            earliest = earliest.max(state.dispatched[state.dispatched.len() - self.max_calls] + self.window);
+        }
+        if earliest > now {
+            return Err(earliest);
+        }
+        state.dispatched.push_back(now);
+        while state.dispatched.len() > self.max_calls {
+            state.dispatched.pop_front();
+        }
+        Ok(())
     }
 
     /// Reserves the earliest allowed send time at or after `now`.

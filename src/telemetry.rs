@@ -24,3 +24,109 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
 }
+
+/// The metrics the worker records, named in one place.
+pub mod names {
+    /// Jobs by outcome: succeeded, dead_lettered, invalid, duplicate, returned.
+    pub const JOBS: &str = "tagsweep_jobs_total";
+    /// API calls by ErrorCode (0 for success) and outcome class.
+    pub const API_CALLS: &str = "tagsweep_api_calls_total";
+    /// Attempts after the first for the same entries.
+    pub const RETRIES: &str = "tagsweep_retries_total";
+    pub const DEAD_LETTERS: &str = "tagsweep_dead_letters_total";
+    /// Entries per API call.
+    pub const BATCH_ENTRIES: &str = "tagsweep_batch_entries";
+    pub const CALL_LATENCY: &str = "tagsweep_call_latency_seconds";
+    pub const CALLS_IN_FLIGHT: &str = "tagsweep_calls_in_flight";
+    /// Time a call waited for its pacing slot.
+    pub const PACING_WAIT: &str = "tagsweep_pacing_wait_seconds";
+    pub const JOBS_IN_HAND: &str = "tagsweep_jobs_in_hand";
+}
+
+static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+    std::sync::OnceLock::new();
+
+/// Installs the Prometheus recorder once per process and returns its handle
+/// (None if another recorder was installed first).
+pub fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+            let seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            let entries = [1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 99.0, 100.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(names::BATCH_ENTRIES.into()), &entries))
+                .ok()?;
+            let handle = builder.install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(names::JOBS, "Jobs by outcome");
+    describe_counter!(names::API_CALLS, "im_remove_tag calls by ErrorCode and outcome class");
+    describe_counter!(names::RETRIES, "Retried calls");
+    describe_counter!(names::DEAD_LETTERS, "Jobs published to the dead-letter exchange");
+    describe_histogram!(names::BATCH_ENTRIES, "UserTags entries per call");
+    describe_histogram!(names::CALL_LATENCY, metrics::Unit::Seconds, "im_remove_tag call latency");
+    describe_gauge!(names::CALLS_IN_FLIGHT, "Calls waiting for their answer");
+    describe_histogram!(names::PACING_WAIT, metrics::Unit::Seconds, "Wait for a pacing slot");
+    describe_gauge!(names::JOBS_IN_HAND, "Jobs taken from the queue and not yet acknowledged");
+}
+
+/// What /readyz reports: ready only while both connections are up.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub broker: std::sync::atomic::AtomicBool,
+    pub database: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    pub fn set_broker(&self, up: bool) {
+        self.broker.store(up, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn set_database(&self, up: bool) {
+        self.database.store(up, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn ready(&self) -> bool {
+        self.broker.load(std::sync::atomic::Ordering::Relaxed)
+            && self.database.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until dropped.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    health: std::sync::Arc<Health>,
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let handle = prometheus();
+    let ready = health.clone();
+    let app = axum::Router::new()
+        .route("/metrics", get(move || std::future::ready(handle.as_ref().map(|h| h.render()).unwrap_or_default())))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ok = ready.ready();
+                std::future::ready(if ok {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker and the database")
+                })
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, task))
+}

@@ -34,6 +34,7 @@ use crate::job::{self, IdSource};
 use crate::limit::Pacer;
 use crate::queue::{self, AckPlan, AckTracker, DeadLetter, DeadLetters, QueueError};
 use crate::store::{self, CallRow, JobRow, Store, StoreError};
+use crate::telemetry::{Health, names};
 use crate::usersig::Signer;
 
 /// Why the worker stopped other than by request.
@@ -76,10 +77,22 @@ pub struct Summary {
 /// Runs the worker until `shutdown` resolves (then drains and returns Ok),
 /// or until something only an operator or a restart can fix.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<Summary, WorkerError> {
+    let health = Arc::new(Health::default());
+    let _server = match config.metrics_addr {
+        Some(addr) => {
+            let (bound, task) = crate::telemetry::serve(addr, health.clone())
+                .await
+                .map_err(|e| WorkerError::Http(format!("cannot serve metrics on {addr}: {e}")))?;
+            tracing::info!("metrics on http://{bound}/metrics, health on /healthz and /readyz");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     // PostgreSQL first: a worker that consumes before it can record would
     // only hand every message back, and each return spends the delivery limit.
     let store = patiently("PostgreSQL", config.connect_timeout, || Store::connect(&config.database_url, 10)).await?;
     store.migrate().await?;
+    health.set_database(true);
 
     let connection =
         patiently("RabbitMQ", config.connect_timeout, || queue::connect(&config.amqp_url, "tagsweep worker")).await?;
@@ -97,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         )
         .await
         .map_err(QueueError::from)?;
+    health.set_broker(true);
 
     let signer = match &config.credential {
         Credential::SecretKey(key) => {
@@ -142,6 +156,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         reports_tx,
         persisted_tx,
         summary: Summary::default(),
+        health,
     };
     let result = coordinator.run(consumer, reports, persisted, shutdown).await;
     // Closing the connection returns anything still unacknowledged.
@@ -151,6 +166,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         Err(error) => tracing::error!("{error}"),
     }
     result
+}
+
+/// Aborts a background task when the worker returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What every call task shares.
@@ -253,16 +277,28 @@ async fn call_with_retry(
     let mut resigned = false;
     let mut attempt = 0;
     loop {
+        // The call slot first, the pacing slot second: once paced, a call
+        // goes out at once, so the server sees the spacing the pacer made.
+        let permit = tokio::select! {
+            biased;
+            () = ctx.stop.cancelled() => return Err(Attempt::Stopped),
+            permit = ctx.in_flight.acquire() => permit.expect("the semaphore is never closed"),
+        };
         tokio::select! {
             biased;
             () = ctx.stop.cancelled() => return Err(Attempt::Stopped),
-            _ = ctx.pacer.acquire() => {}
+            waited = ctx.pacer.acquire() => metrics::histogram!(names::PACING_WAIT).record(waited.as_secs_f64()),
         }
         let report = {
-            let _permit = ctx.in_flight.acquire().await.expect("the semaphore is never closed");
-            ctx.api.remove_tags(batch.entries()).await
+            metrics::gauge!(names::CALLS_IN_FLIGHT).increment(1.0);
+            let report = ctx.api.remove_tags(batch.entries()).await;
+            metrics::gauge!(names::CALLS_IN_FLIGHT).decrement(1.0);
+            report
         };
+        // A backoff below must not hold a call slot.
+        drop(permit);
         attempt += 1;
+        record_call_metrics(&report, batch.len(), attempt);
         let call_id = Uuid::now_v7();
         let failure = report.outcome.as_ref().err();
         calls.push(CallRow {
@@ -307,6 +343,19 @@ async fn call_with_retry(
             }
             other => return Err(Attempt::Failed(other)),
         }
+    }
+}
+
+fn record_call_metrics(report: &crate::api::CallReport, entries: usize, attempt: i32) {
+    let (code, class) = match &report.outcome {
+        Ok(()) => (0, "success"),
+        Err(error) => (error.failure().error_code, error.class()),
+    };
+    metrics::counter!(names::API_CALLS, "error_code" => code.to_string(), "outcome" => class).increment(1);
+    metrics::histogram!(names::CALL_LATENCY).record(report.latency.as_secs_f64());
+    metrics::histogram!(names::BATCH_ENTRIES).record(entries as f64);
+    if attempt > 1 {
+        metrics::counter!(names::RETRIES).increment(1);
     }
 }
 
@@ -418,6 +467,7 @@ struct Coordinator {
     reports_tx: mpsc::UnboundedSender<BatchReport>,
     persisted_tx: mpsc::UnboundedSender<Persisted>,
     summary: Summary,
+    health: Arc<Health>,
 }
 
 /// Where a job id in hand is.
@@ -507,7 +557,10 @@ impl Coordinator {
                     }
                 }
                 _ = watchdog.tick(), if stopping.is_none() => {
-                    if !self.channel.status().connected() {
+                    let connected = self.channel.status().connected();
+                    self.health.set_broker(connected);
+                    metrics::gauge!(names::JOBS_IN_HAND).set(self.tracker.len() as f64);
+                    if !connected {
                         failure = Some(WorkerError::ConsumerLost("the broker connection is gone".into()));
                         self.begin_stop().await;
                         stopping = Some(Instant::now());
@@ -603,10 +656,14 @@ impl Coordinator {
             if finished.contains(id) {
                 ack_now.push(delivery.delivery_tag);
                 self.summary.duplicates += 1;
+                metrics::counter!(names::JOBS, "outcome" => "duplicate").increment(1);
                 continue;
             }
             if self.hold_as_copy(id, delivery.delivery_tag) {
                 continue;
+            }
+            if parsed.is_err() {
+                metrics::counter!(names::JOBS, "outcome" => "invalid").increment(1);
             }
             let key = self.next_key;
             self.next_key += 1;
@@ -655,6 +712,7 @@ impl Coordinator {
         };
         copies.push(tag);
         self.summary.duplicates += 1;
+        metrics::counter!(names::JOBS, "outcome" => "duplicate").increment(1);
         true
     }
 
@@ -669,8 +727,12 @@ impl Coordinator {
         .backoff();
         loop {
             match self.store.terminal_ids(ids).await {
-                Ok(found) => return found,
+                Ok(found) => {
+                    self.health.set_database(true);
+                    return found;
+                }
                 Err(error) => {
+                    self.health.set_database(false);
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!("could not check the job table ({error}); retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
@@ -734,8 +796,9 @@ impl Coordinator {
         let dead_letters = self.dead_letters.clone();
         let tx = self.persisted_tx.clone();
         let stop = self.calls.stop.clone();
+        let health = self.health.clone();
         tokio::spawn(async move {
-            let ok = persist(&store, &dead_letters, &calls, &rows, &letters, &stop).await;
+            let ok = persist(&store, &dead_letters, &calls, &rows, &letters, &stop, &health).await;
             let _ = tx.send(Persisted { tags, job_ids, succeeded, dead_lettered, ok });
         });
     }
@@ -750,6 +813,8 @@ impl Coordinator {
         if done.ok {
             self.summary.succeeded += done.succeeded;
             self.summary.dead_lettered += done.dead_lettered;
+            metrics::counter!(names::JOBS, "outcome" => "succeeded").increment(done.succeeded);
+            metrics::counter!(names::JOBS, "outcome" => "dead_lettered").increment(done.dead_lettered);
             let plan = self.tracker.settle(&tags);
             self.acknowledge(plan).await;
         } else {
@@ -789,6 +854,7 @@ impl Coordinator {
             // Every tag at or below `last` not in `tags` is settled already,
             // so one multiple nack returns exactly the ones in work.
             self.summary.returned += tags.len() as u64;
+            metrics::counter!(names::JOBS, "outcome" => "returned").increment(tags.len() as u64);
             self.nack(last, true).await;
         }
     }
@@ -831,6 +897,7 @@ async fn persist(
     rows: &[JobRow],
     letters: &[DeadLetter],
     stop: &CancellationToken,
+    health: &Health,
 ) -> bool {
     if !letters.is_empty()
         && let Err(error) = dead_letters.publish(letters).await
@@ -838,6 +905,7 @@ async fn persist(
         tracing::error!("dead-letter publish failed: {error}; the jobs return to the queue");
         return false;
     }
+    metrics::counter!(names::DEAD_LETTERS).increment(letters.len() as u64);
     let mut backoff = RetryPolicy {
         initial: Duration::from_millis(100),
         max_interval: Duration::from_secs(5),
@@ -846,8 +914,12 @@ async fn persist(
     .backoff();
     loop {
         match store.record(calls, rows).await {
-            Ok(()) => return true,
+            Ok(()) => {
+                health.set_database(true);
+                return true;
+            }
             Err(error) => {
+                health.set_database(false);
                 let delay = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!("recording {} jobs failed ({error}); retrying in {delay:?}", rows.len());
                 tokio::select! {

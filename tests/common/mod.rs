@@ -223,6 +223,7 @@ impl TestEnv {
             shutdown_grace: Duration::from_secs(10),
             usersig_validity: tagsweep::usersig::DEFAULT_VALIDITY,
             connect_timeout: Duration::from_secs(30),
+            metrics_addr: None,
         }
     }
 

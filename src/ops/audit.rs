@@ -1,0 +1,189 @@
+//! `tagsweep jobs`: audit queries on the job table.
+//!
+//! Lists jobs by account, job id, status, error code and time range, or
+//! summarises them (counts by status and error code per hour or day). Each
+//! filter maps onto an index of migrations/: `(account, received_at)`,
+//! `(status, finished_at)`, `(received_at)`, `(error_code, finished_at)`
+//! and the primary key. README shows the SQL these queries run.
+
+use chrono::{DateTime, Duration as TimeDelta, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+
+use super::OpsError;
+
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    pub account: Option<String>,
+    pub job_id: Option<String>,
+    pub status: Option<String>,
+    pub error_code: Option<i32>,
+    /// Bounds on `received_at`.
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Bucket {
+    Hour,
+    Day,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub account: Option<String>,
+    pub tags: Vec<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub error_code: Option<i32>,
+    pub error_info: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub replay_count: i32,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq, Eq)]
+pub struct SummaryRow {
+    pub bucket: DateTime<Utc>,
+    pub status: String,
+    pub error_code: Option<i32>,
+    pub jobs: i64,
+}
+
+fn filters(query: &mut QueryBuilder<Postgres>, q: &JobQuery) {
+    query.push(" WHERE true");
+    if let Some(id) = &q.job_id {
+        query.push(" AND job_id = ").push_bind(id.clone());
+    }
+    if let Some(account) = &q.account {
+        query.push(" AND account = ").push_bind(account.clone());
+    }
+    if let Some(status) = &q.status {
+        query.push(" AND status = ").push_bind(status.clone());
+    }
+    if let Some(code) = q.error_code {
+        query.push(" AND error_code = ").push_bind(code);
+    }
+    if let Some(since) = q.since {
+        query.push(" AND received_at >= ").push_bind(since);
+    }
+    if let Some(until) = q.until {
+        query.push(" AND received_at < ").push_bind(until);
+    }
+}
+
+/// The jobs matching `q`, newest first.
+pub async fn list(pool: &PgPool, q: &JobQuery) -> Result<Vec<JobRecord>, OpsError> {
+    let mut query = QueryBuilder::new(
+        "SELECT job_id, account, tags, status, attempts, error_code, error_info, received_at, finished_at, replay_count \
+         FROM tag_removal_jobs",
+    );
+    filters(&mut query, q);
+    query.push(" ORDER BY received_at DESC LIMIT ").push_bind(q.limit.max(1));
+    Ok(query.build_query_as().fetch_all(pool).await?)
+}
+
+/// Counts by bucket, status and error code.
+pub async fn summary(pool: &PgPool, q: &JobQuery, bucket: Bucket) -> Result<Vec<SummaryRow>, OpsError> {
+    let unit = match bucket {
+        Bucket::Hour => "hour",
+        Bucket::Day => "day",
+    };
+    let mut query = QueryBuilder::new("SELECT date_trunc(");
+    query.push_bind(unit);
+    query.push(", received_at) AS bucket, status, error_code, count(*) AS jobs FROM tag_removal_jobs");
+    filters(&mut query, q);
+    query.push(" GROUP BY 1, 2, 3 ORDER BY 1 DESC, 2, 3");
+    Ok(query.build_query_as().fetch_all(pool).await?)
+}
+
+/// Reads `2026-11-27T10:00:00Z`, `2026-11-27`, or a time ago: `90s`, `15m`, `24h`, `7d`.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    let text = text.trim();
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    if let Ok(date) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: i64 = number.parse().map_err(|_| format!("{text:?}: use RFC 3339, YYYY-MM-DD, or an age like 24h"))?;
+    let ago = match unit {
+        "s" => TimeDelta::seconds(n),
+        "m" => TimeDelta::minutes(n),
+        "h" => TimeDelta::hours(n),
+        "d" => TimeDelta::days(n),
+        _ => return Err(format!("{text:?}: the unit of an age is s, m, h or d")),
+    };
+    Ok(Utc::now() - ago)
+}
+
+/// A table for people.
+pub fn render_jobs(rows: &[JobRecord]) -> String {
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(["job_id", "account", "tags", "status", "attempts", "error", "received", "finished"]);
+    for row in rows {
+        let error = match (row.error_code, &row.error_info) {
+            (Some(code), Some(info)) => format!("{code} {}", truncate(info, 60)),
+            (Some(code), None) => code.to_string(),
+            _ => String::new(),
+        };
+        table.add_row([
+            row.job_id.clone(),
+            row.account.clone().unwrap_or_default(),
+            truncate(&row.tags.join(","), 30),
+            if row.replay_count > 0 {
+                format!("{} (replayed {})", row.status, row.replay_count)
+            } else {
+                row.status.clone()
+            },
+            row.attempts.to_string(),
+            error,
+            row.received_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            row.finished_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+        ]);
+    }
+    table.to_string()
+}
+
+pub fn render_summary(rows: &[SummaryRow]) -> String {
+    let mut table = comfy_table::Table::new();
+    table.load_style(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(["from", "status", "error_code", "jobs"]);
+    for row in rows {
+        table.add_row([
+            row.bucket.format("%Y-%m-%d %H:%M").to_string(),
+            row.status.clone(),
+            row.error_code.map(|c| c.to_string()).unwrap_or_default(),
+            row.jobs.to_string(),
+        ]);
+    }
+    table.to_string()
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    format!("{cut}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_absolute_and_relative() {
+        assert_eq!(parse_time("2026-11-27").unwrap().to_rfc3339(), "2026-11-27T00:00:00+00:00");
+        assert_eq!(parse_time("2026-11-27T10:00:00Z").unwrap().to_rfc3339(), "2026-11-27T10:00:00+00:00");
+        let ago = Utc::now() - parse_time("24h").unwrap();
+        assert!((ago.num_seconds() - 86400).abs() < 5);
+        assert!(parse_time("yesterday").is_err());
+        assert!(parse_time("5w").unwrap_err().contains("unit"));
+    }
+}

@@ -28,7 +28,9 @@ CREATE TABLE tag_removal_jobs (
     -- calls may be written by a concurrent statement of the same worker.
     last_call_id uuid        NULL
 );
+-- The audit queries (tagsweep jobs, tagsweep replay --from table) filter by
+-- account, status, error code and a received_at range, newest first.
 CREATE INDEX tag_removal_jobs_account ON tag_removal_jobs (account, received_at);
-CREATE INDEX tag_removal_jobs_status_finished ON tag_removal_jobs (status, finished_at);
+CREATE INDEX tag_removal_jobs_status ON tag_removal_jobs (status, received_at);
 CREATE INDEX tag_removal_jobs_received_at ON tag_removal_jobs (received_at);
-CREATE INDEX tag_removal_jobs_error_code ON tag_removal_jobs (error_code, finished_at) WHERE error_code IS NOT NULL;
+CREATE INDEX tag_removal_jobs_error_code ON tag_removal_jobs (error_code, received_at) WHERE error_code IS NOT NULL;

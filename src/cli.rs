@@ -91,10 +91,10 @@ pub struct ReplayArgs {
     pub error_code: Option<i32>,
     #[arg(long)]
     pub account: Option<String>,
-    /// Only jobs that finished at or after this (RFC 3339, YYYY-MM-DD, or an age: 24h, 7d).
+    /// Only jobs received at or after this (RFC 3339, YYYY-MM-DD, or an age: 24h, 7d).
     #[arg(long, value_parser = ops::audit::parse_time)]
     pub since: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only jobs that finished before this.
+    /// Only jobs received before this.
     #[arg(long, value_parser = ops::audit::parse_time)]
     pub until: Option<chrono::DateTime<chrono::Utc>>,
     /// With --from table: the status to replay.

@@ -172,6 +172,10 @@ impl DeadLetters {
         Ok(DeadLetters { channel, exchange: exchange.to_owned() })
     }
 
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+
     /// Publishes every letter, then waits for each confirm. Any refusal
     /// fails the whole call: the caller then acknowledges none of them.
     pub async fn publish(&self, letters: &[DeadLetter]) -> Result<(), QueueError> {

@@ -141,7 +141,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         channel: channel.clone(),
         consumer_tag,
         store,
-        dead_letters,
+        dead_letters: dead_letters.clone(),
         calls,
         packer: Packer::new(config.batch_size),
         linger: config.batch_linger,
@@ -159,7 +159,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         health,
     };
     let result = coordinator.run(consumer, reports, persisted, shutdown).await;
-    // Closing the connection returns anything still unacknowledged.
+    // Closing returns anything still unacknowledged. Channels first: lapin
+    // logs an error for a connection closed under open channels.
+    let _ = channel.close(200, "tagsweep stopping".into()).await;
+    dead_letters.close().await;
     let _ = connection.close(200, "tagsweep stopping".into()).await;
     match &result {
         Ok(summary) => tracing::info!(?summary, "tagsweep worker stopped"),

@@ -3,7 +3,7 @@
 //! Lists jobs by account, job id, status, error code and time range, or
 //! summarises them (counts by status and error code per hour or day). Each
 //! filter maps onto an index of migrations/: `(account, received_at)`,
-//! `(status, finished_at)`, `(received_at)`, `(error_code, finished_at)`
+//! `(status, received_at)`, `(error_code, received_at)`, `(received_at)`
 //! and the primary key. README shows the SQL these queries run.
 
 use chrono::{DateTime, Duration as TimeDelta, Utc};

@@ -61,32 +61,80 @@ pub struct EnqueueReport {
     pub seconds: f64,
 }
 
-/// Reads one input line into a job; `None` for a blank line.
-fn job_from_line(line: &str, format: Format) -> Option<Result<Job, String>> {
+/// Reads a JSON line into a job; `None` for a blank line.
+fn job_from_json_line(line: &str) -> Option<Result<Job, String>> {
     let trimmed = line.trim();
     if trimmed.is_empty() {
         return None;
     }
-    let body = match format {
-        Format::Jsonl | Format::Auto => trimmed.as_bytes().to_vec(),
-        Format::Csv => {
-            let mut reader = csv::ReaderBuilder::new()
-                .has_headers(false)
-                .flexible(true)
-                .trim(csv::Trim::All)
-                .from_reader(trimmed.as_bytes());
-            let record = match reader.records().next() {
-                Some(Ok(record)) => record,
-                Some(Err(e)) => return Some(Err(format!("CSV: {e}"))),
-                None => return None,
-            };
-            let mut fields = record.iter().map(str::trim);
-            let account = fields.next().unwrap_or_default();
-            let tags: Vec<&str> = fields.filter(|t| !t.is_empty()).collect();
-            serde_json::json!({"account": account, "tags": tags}).to_string().into_bytes()
+    Some(job::parse(trimmed.as_bytes(), None).map_err(|invalid| invalid.reason))
+}
+
+/// Splits one CSV line (RFC 4180 quoting: `"b,c"`, `"say ""hi"""`), trimming
+/// unquoted space. A job is one line, so a quoted field cannot span lines.
+fn csv_fields(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+        let mut field = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    Some('"') if chars.next_if_eq(&'"').is_some() => field.push('"'),
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                    None => return Err("CSV: a quoted field is not closed".into()),
+                }
+            }
+            while chars.next_if(|c| *c == ' ' || *c == '\t').is_some() {}
+            if !matches!(chars.peek(), None | Some(',')) {
+                return Err("CSV: text after a closing quote".into());
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                field.push(c);
+            }
+            field.truncate(field.trim_end().len());
         }
+        fields.push(field);
+        if chars.next().is_none() {
+            return Ok(fields);
+        }
+    }
+}
+
+/// Reads a CSV line `account,tag[,tag…]` into a job; `None` for a blank line.
+fn job_from_csv_line(line: &str) -> Option<Result<Job, String>> {
+    if line.trim().is_empty() {
+        return None;
+    }
+    let fields = match csv_fields(line) {
+        Ok(fields) => fields,
+        Err(reason) => return Some(Err(reason)),
     };
-    Some(job::parse(&body, None).map_err(|invalid| invalid.reason))
+    let account = fields.first().map(String::as_str).unwrap_or_default();
+    let tags: Vec<&str> = fields.iter().skip(1).map(String::as_str).filter(|t| !t.is_empty()).collect();
+    let body = serde_json::json!({"account": account, "tags": tags}).to_string();
+    Some(job::parse(body.as_bytes(), None).map_err(|invalid| invalid.reason))
+}
+
+/// Every job of the input with its line number, or why the line is not one.
+fn read_jobs<'a>(
+    file: &'a File,
+    format: Format,
+) -> impl Iterator<Item = Result<(u64, Result<Job, String>), OpsError>> + 'a {
+    let parse = match format {
+        Format::Csv => job_from_csv_line,
+        Format::Jsonl | Format::Auto => job_from_json_line,
+    };
+    BufReader::with_capacity(1 << 16, file).lines().enumerate().filter_map(move |(index, line)| {
+        let line_no = index as u64 + 1;
+        match line {
+            Err(e) => Some(Err(OpsError::Input(format!("line {line_no}: {e}")))),
+            Ok(line) => parse(&line).map(|job| Ok((line_no, job))),
+        }
+    })
 }
 
 /// The body the worker receives: the canonical job, always with its id.
@@ -121,12 +169,10 @@ fn detect(file: &mut File, format: Format) -> Result<Format, OpsError> {
 fn validate(file: &File, format: Format) -> Result<(u64, Vec<BadLine>), OpsError> {
     let mut valid = 0;
     let mut bad = Vec::new();
-    for (index, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| OpsError::Input(format!("line {}: {e}", index + 1)))?;
-        match job_from_line(&line, format) {
-            None => {}
-            Some(Ok(_)) => valid += 1,
-            Some(Err(reason)) => bad.push(BadLine { line: index as u64 + 1, reason }),
+    for item in read_jobs(file, format) {
+        match item? {
+            (_, Ok(_)) => valid += 1,
+            (line, Err(reason)) => bad.push(BadLine { line, reason }),
         }
     }
     Ok((valid, bad))
@@ -189,10 +235,18 @@ pub async fn enqueue(
 ) -> Result<EnqueueReport, OpsError> {
     let started = Instant::now();
     let channel = connection.create_channel().await?;
-    crate::queue::declare(&channel, topology).await?;
+    let result = publish_all(&channel, topology, options).await;
+    let _ = channel.close(200, "enqueued".into()).await;
+    let mut report = result?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn publish_all(channel: &Channel, topology: &Topology, options: EnqueueOptions) -> Result<EnqueueReport, OpsError> {
+    crate::queue::declare(channel, topology).await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut publisher =
-        Publisher { channel: &channel, topology, pending: Default::default(), window: options.confirm_window.max(1) };
+        Publisher { channel, topology, pending: Default::default(), window: options.confirm_window.max(1) };
     let mut report = EnqueueReport::default();
 
     match options.input {
@@ -220,8 +274,8 @@ pub async fn enqueue(
             report.bad_lines = bad;
             file.rewind()?;
             let bar = progress_bar(valid, options.progress);
-            for line in BufReader::new(&file).lines() {
-                if let Some(Ok(job)) = job_from_line(&line?, format) {
+            for item in read_jobs(&file, format) {
+                if let (_, Ok(job)) = item? {
                     publisher.publish(&job).await?;
                     report.published += 1;
                     bar.inc(1);
@@ -232,8 +286,6 @@ pub async fn enqueue(
         }
     }
     publisher.finish().await?;
-    let _ = channel.close(200, "enqueued".into()).await;
-    report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
@@ -254,14 +306,23 @@ mod tests {
 
     #[test]
     fn lines_in_both_formats() {
-        let job = job_from_line(r#"{"job_id": "j", "account": "u", "tags": ["a"]}"#, Format::Jsonl).unwrap().unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, b"u1,a\n\nu2, a,\"b,c\"\nu-only\n").unwrap();
+        file.rewind().unwrap();
+        let jobs: Vec<(u64, Result<Job, String>)> = read_jobs(&file, Format::Csv).map(Result::unwrap).collect();
+        assert_eq!(csv_fields(r#"a, "say ""hi""" ,c"#).unwrap(), ["a", "say \"hi\"", "c"]);
+        assert!(csv_fields(r#"a,"open"#).is_err());
+        assert_eq!(jobs.len(), 3, "the blank line is skipped");
+        assert_eq!(jobs[1].0, 3, "line numbers count blank lines");
+        assert_eq!(jobs[1].1.as_ref().unwrap().tags, ["a", "b,c"]);
+        assert_eq!(jobs[2].0, 4);
+        assert!(jobs[2].1.as_ref().unwrap_err().contains("at least one tag"));
+
+        let job = job_from_json_line(r#"{"job_id": "j", "account": "u", "tags": ["a"]}"#).unwrap().unwrap();
         assert_eq!((job.id.as_str(), job.account.as_str()), ("j", "u"));
-        let job = job_from_line("u2, a,\"b,c\"", Format::Csv).unwrap().unwrap();
-        assert_eq!(job.tags, ["a", "b,c"]);
-        assert!(job_from_line("   ", Format::Csv).is_none());
-        assert!(job_from_line("u-only", Format::Csv).unwrap().unwrap_err().contains("at least one tag"));
+        assert!(job_from_json_line("   ").is_none());
         // A line without an id leaves with a fresh one.
-        let job = job_from_line("u3,a", Format::Csv).unwrap().unwrap();
+        let job = job_from_json_line(r#"{"account": "u3", "tags": ["a"]}"#).unwrap().unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body_of(&job)).unwrap();
         assert_eq!(body["job_id"], job.id.as_str());
     }

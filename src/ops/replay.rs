@@ -28,7 +28,8 @@ pub enum Source {
     Table,
 }
 
-/// Which failed jobs to replay. Time bounds apply to the row's `finished_at`.
+/// Which failed jobs to replay. Time bounds apply to the row's `received_at`
+/// (when the job first reached a worker), as in `tagsweep jobs`.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub error_code: Option<i32>,
@@ -174,16 +175,18 @@ async fn from_queue(
         };
         let job_id = header_str(&delivery.properties, HEADER_JOB_ID).unwrap_or_else(|| job.id.clone());
         let error_code = header_int(&delivery.properties, HEADER_ERROR_CODE).map(|c| c as i32);
-        let finished: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT finished_at FROM tag_removal_jobs WHERE job_id = $1")
+        let received: Option<DateTime<Utc>> = if filter.since.is_some() || filter.until.is_some() {
+            sqlx::query_scalar("SELECT received_at FROM tag_removal_jobs WHERE job_id = $1")
                 .bind(&job_id)
                 .fetch_optional(pool)
                 .await?
-                .flatten();
+        } else {
+            None
+        };
         let matches = filter.error_code.is_none_or(|code| error_code == Some(code))
             && filter.account.as_ref().is_none_or(|account| *account == job.account)
-            && filter.since.is_none_or(|since| finished.is_some_and(|f| f >= since))
-            && filter.until.is_none_or(|until| finished.is_some_and(|f| f < until));
+            && filter.since.is_none_or(|since| received.is_some_and(|t| t >= since))
+            && filter.until.is_none_or(|until| received.is_some_and(|t| t < until));
         if !matches || options.dry_run {
             if !matches {
                 report.left += 1;
@@ -238,12 +241,12 @@ async fn from_table(
         query.push(" AND account = ").push_bind(account.clone());
     }
     if let Some(since) = filter.since {
-        query.push(" AND finished_at >= ").push_bind(since);
+        query.push(" AND received_at >= ").push_bind(since);
     }
     if let Some(until) = filter.until {
-        query.push(" AND finished_at < ").push_bind(until);
+        query.push(" AND received_at < ").push_bind(until);
     }
-    query.push(" ORDER BY finished_at NULLS FIRST, job_id");
+    query.push(" ORDER BY received_at, job_id");
     if let Some(limit) = filter.limit {
         query.push(" LIMIT ").push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
     }

@@ -116,6 +116,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Where to serve /metrics, /healthz and /readyz (off when None).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Share the call rate with every worker of the SDKAppID through PostgreSQL.
+    pub fleet_pacing: bool,
 }
 
 /// Flags of `tagsweep run` (CONTRACT §6), each also read from its env var.
@@ -183,6 +185,9 @@ pub struct RunArgs {
     /// Serve Prometheus /metrics, /healthz and /readyz here, e.g. 0.0.0.0:9090.
     #[arg(long, env = "TAGSWEEP_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Several workers on one SDKAppID: share --max-calls-per-second through PostgreSQL.
+    #[arg(long, env = "TAGSWEEP_FLEET_PACING")]
+    pub fleet_pacing: bool,
 }
 
 /// Where the broker is and what the topology is called; shared by every
@@ -290,6 +295,7 @@ impl RunArgs {
             usersig_validity: crate::usersig::DEFAULT_VALIDITY,
             connect_timeout: ms(self.connect_timeout_ms),
             metrics_addr: self.metrics_addr,
+            fleet_pacing: self.fleet_pacing,
         })
     }
 }

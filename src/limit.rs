@@ -129,6 +129,146 @@ impl Pacer {
     }
 }
 
+/// Pacing shared by a fleet of workers through PostgreSQL.
+///
+/// The `pacing` table holds, per SDKAppID, the next free slot of one global
+/// grid whose slots are `(1 s + margin) / limit` apart. A worker reserves a
+/// block of slots in one statement (the row lock serialises the fleet) and
+/// sends each call at its slot. Every slot is unique and the grid is evenly
+/// spaced, so the whole fleet stays within the limit in any window; a call
+/// that would go more than `tolerance` after its slot drops it and takes the
+/// next one, since a late send could squeeze the window. The local [`Pacer`]
+/// still applies on top, as a guard within the process.
+#[derive(Debug)]
+pub struct SharedPacer {
+    pool: sqlx::PgPool,
+    sdkappid: i64,
+    spacing: Duration,
+    block: u32,
+    tolerance: Duration,
+    local: Pacer,
+    slots: tokio::sync::Mutex<VecDeque<Instant>>,
+}
+
+const RESERVE: &str = "
+INSERT INTO pacing AS p (sdkappid, next_slot) VALUES ($1, clock_timestamp() + $2 * $3 * interval '1 microsecond')
+ON CONFLICT (sdkappid) DO UPDATE
+SET next_slot = greatest(p.next_slot, clock_timestamp(), coalesce(p.paused_until, '-infinity'::timestamptz))
+                + $2 * $3 * interval '1 microsecond'
+RETURNING extract(epoch FROM (p.next_slot - $2 * $3 * interval '1 microsecond') - clock_timestamp())::float8";
+
+impl SharedPacer {
+    pub fn new(pool: sqlx::PgPool, sdkappid: u64, max_calls_per_second: u32, margin: Duration) -> Self {
+        let local = Pacer::new(max_calls_per_second, margin);
+        SharedPacer {
+            pool,
+            sdkappid: i64::try_from(sdkappid).unwrap_or(i64::MAX),
+            spacing: local.spacing,
+            // Enough slots per round trip to keep a worker busy for ~50 ms.
+            block: (max_calls_per_second / 20).clamp(1, 50),
+            tolerance: margin / 2,
+            local,
+            slots: tokio::sync::Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Waits for a fleet-wide send slot; returns how long it waited.
+    pub async fn acquire(&self) -> Duration {
+        let start = Instant::now();
+        loop {
+            let slot = self.next_slot().await;
+            tokio::time::sleep_until(slot).await;
+            if Instant::now() <= slot + self.tolerance {
+                self.local.acquire().await;
+                return start.elapsed();
+            }
+            // Woke too late for this slot: using it could crowd the window.
+        }
+    }
+
+    async fn next_slot(&self) -> Instant {
+        let mut slots = self.slots.lock().await;
+        loop {
+            let now = Instant::now();
+            while let Some(slot) = slots.pop_front() {
+                if slot + self.tolerance >= now {
+                    return slot;
+                }
+            }
+            match self.reserve().await {
+                Ok(first) => {
+                    for i in 0..self.block {
+                        slots.push_back(first + self.spacing * i);
+                    }
+                }
+                Err(error) => {
+                    // Without the shared schedule no slot is safe: wait.
+                    tracing::warn!("cannot reserve send slots in PostgreSQL ({error}); retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Reserves `block` slots; returns the first as a local instant.
+    async fn reserve(&self) -> Result<Instant, sqlx::Error> {
+        let spacing_us = i64::try_from(self.spacing.as_micros()).unwrap_or(i64::MAX);
+        let sent = Instant::now();
+        let offset: f64 = sqlx::query_scalar(RESERVE)
+            .bind(self.sdkappid)
+            .bind(i64::from(self.block))
+            .bind(spacing_us)
+            .fetch_one(&self.pool)
+            .await?;
+        // The database's clock decides; its answer is converted at the
+        // moment it was read (half the round trip is the error, under the margin).
+        let read_at = sent + sent.elapsed() / 2;
+        Ok(if offset >= 0.0 { read_at + Duration::from_secs_f64(offset) } else { read_at })
+    }
+
+    /// Pauses every worker of the fleet (a rate-limited answer).
+    pub async fn pause(&self, duration: Duration) {
+        self.local.pause(duration);
+        self.slots.lock().await.clear();
+        let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
+        let result = sqlx::query(
+            "UPDATE pacing SET paused_until = greatest(coalesce(paused_until, '-infinity'::timestamptz),
+                                                      clock_timestamp() + $2 * interval '1 microsecond')
+             WHERE sdkappid = $1",
+        )
+        .bind(self.sdkappid)
+        .bind(micros)
+        .execute(&self.pool)
+        .await;
+        if let Err(error) = result {
+            tracing::warn!("cannot share the rate-limit pause with the fleet: {error}");
+        }
+    }
+}
+
+/// The worker's pacing: in-process, or shared by the fleet.
+#[derive(Debug)]
+pub enum Pacing {
+    Local(Pacer),
+    Fleet(SharedPacer),
+}
+
+impl Pacing {
+    pub async fn acquire(&self) -> Duration {
+        match self {
+            Pacing::Local(pacer) => pacer.acquire().await,
+            Pacing::Fleet(pacer) => pacer.acquire().await,
+        }
+    }
+
+    pub async fn pause(&self, duration: Duration) {
+        match self {
+            Pacing::Local(pacer) => pacer.pause(duration),
+            Pacing::Fleet(pacer) => pacer.pause(duration).await,
+        }
+    }
+}
+
 /// The most send times in any window of `window` among sorted `times`;
 /// the simulator and the tests judge pacing with it.
 pub fn peak_in_window(times: &[Instant], window: Duration) -> usize {

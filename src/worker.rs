@@ -31,7 +31,7 @@ use crate::api::{ApiClient, CallError, Failure};
 use crate::batch::{Batch, Entry, Packer, PartId};
 use crate::config::{Config, Credential, RetryPolicy};
 use crate::job::{self, IdSource};
-use crate::limit::Pacer;
+use crate::limit::{Pacer, Pacing, SharedPacer};
 use crate::queue::{self, AckPlan, AckTracker, DeadLetter, DeadLetters, QueueError};
 use crate::store::{self, CallRow, JobRow, Store, StoreError};
 use crate::telemetry::{Health, names};
@@ -121,7 +121,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let api = ApiClient::new(&config.api, Arc::new(signer)).map_err(|e| WorkerError::Http(e.to_string()))?;
     let calls = Arc::new(CallContext {
         api,
-        pacer: Pacer::new(config.max_calls_per_second, config.pacing_margin),
+        pacer: if config.fleet_pacing {
+            Pacing::Fleet(SharedPacer::new(
+                store.pool().clone(),
+                config.api.sdkappid,
+                config.max_calls_per_second,
+                config.pacing_margin,
+            ))
+        } else {
+            Pacing::Local(Pacer::new(config.max_calls_per_second, config.pacing_margin))
+        },
         in_flight: Semaphore::new(config.max_in_flight),
         retry: config.retry,
         stop: CancellationToken::new(),
@@ -184,7 +193,7 @@ impl Drop for AbortOnDrop {
 #[derive(Debug)]
 struct CallContext {
     api: ApiClient,
-    pacer: Pacer,
+    pacer: Pacing,
     in_flight: Semaphore,
     retry: RetryPolicy,
     /// Cancelled at shutdown: waits for a pacing slot or a backoff end, and
@@ -329,7 +338,7 @@ async fn call_with_retry(
             CallError::Transient(_) | CallError::RateLimited(_) => {
                 if matches!(error, CallError::RateLimited(_)) {
                     // The server counts refused calls too: everyone waits.
-                    ctx.pacer.pause(Duration::from_secs(1));
+                    ctx.pacer.pause(Duration::from_secs(1)).await;
                 }
                 let Some(delay) = backoff.next() else {
                     return Err(Attempt::Failed(error));

@@ -134,6 +134,7 @@ pub async fn run(options: DemoOptions) -> Result<String, OpsError> {
         usersig_validity: crate::usersig::DEFAULT_VALIDITY,
         connect_timeout: Duration::from_secs(10),
         metrics_addr: None,
+        fleet_pacing: false,
     };
     let stop = CancellationToken::new();
     let worker = tokio::spawn(crate::worker::run(config, stop.clone().cancelled_owned()));

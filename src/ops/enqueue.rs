@@ -242,7 +242,11 @@ pub async fn enqueue(
     Ok(report)
 }
 
-async fn publish_all(channel: &Channel, topology: &Topology, options: EnqueueOptions) -> Result<EnqueueReport, OpsError> {
+async fn publish_all(
+    channel: &Channel,
+    topology: &Topology,
+    options: EnqueueOptions,
+) -> Result<EnqueueReport, OpsError> {
     crate::queue::declare(channel, topology).await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut publisher =

@@ -224,6 +224,7 @@ impl TestEnv {
             usersig_validity: tagsweep::usersig::DEFAULT_VALIDITY,
             connect_timeout: Duration::from_secs(30),
             metrics_addr: None,
+            fleet_pacing: false,
         }
     }
 

@@ -1,0 +1,77 @@
+//! Three worker processes on one queue share one SDKAppID's rate through
+//! PostgreSQL: together they never exceed it in any one-second window, as
+//! the simulator sees calls arrive, and together they still use 95% of it.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{SDKAPPID, SECRET_KEY, TestEnv, job};
+
+fn fleet_worker(env: &TestEnv) -> tokio::process::Child {
+    let topology = &env.topology;
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_tagsweep"))
+        .arg("run")
+        .env_clear()
+        .env("AMQP_URL", &env.amqp_url)
+        .env("DATABASE_URL", &env.database_url)
+        .env("TAGSWEEP_API_BASE_URL", env.sim.base_url())
+        .env("TAGSWEEP_SDKAPPID", SDKAPPID.to_string())
+        .env("TAGSWEEP_SECRET_KEY", SECRET_KEY)
+        .env("TAGSWEEP_EXCHANGE", &topology.exchange)
+        .env("TAGSWEEP_QUEUE", &topology.queue)
+        .env("TAGSWEEP_DEAD_LETTER_EXCHANGE", &topology.dead_letter_exchange)
+        .env("TAGSWEEP_DEAD_LETTER_QUEUE", &topology.dead_letter_queue)
+        .env("TAGSWEEP_BATCH_SIZE", "20")
+        .env("TAGSWEEP_PREFETCH", "1000")
+        .env("TAGSWEEP_FLEET_PACING", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tagsweep run")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_one_rate_limit() {
+    let env = TestEnv::with_sim(|sim| {
+        sim.latency = Duration::from_millis(50);
+        sim.jitter = Duration::from_millis(20);
+    })
+    .await;
+    // 16,000 jobs in batches of 20: 800 calls, eight seconds at the limit.
+    let total = 16_000;
+    let bodies: Vec<_> = (0..total).map(|i| job(&format!("f-{i}"), &format!("u{i}"), &["a"])).collect();
+    env.publish_jobs(&bodies).await;
+
+    let mut workers: Vec<_> = (0..3).map(|_| fleet_worker(&env)).collect();
+    env.wait_for_rows(total, Duration::from_secs(120)).await;
+    for worker in &mut workers {
+        let pid = worker.id().expect("running").to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    }
+    for worker in &mut workers {
+        let status = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await.unwrap().unwrap();
+        assert!(status.success(), "each worker stops cleanly");
+    }
+
+    let stats = env.simulator().stats();
+    assert_eq!(stats.failed_by_code.get(&60007), None, "never refused for the rate");
+    assert!(stats.peak_calls_per_second <= 100, "peak {} in one second", stats.peak_calls_per_second);
+    let mut arrivals: Vec<_> = env.simulator().calls().into_iter().map(|c| c.arrived).collect();
+    arrivals.sort();
+    // The steady state, without the first and last second's ramps.
+    let (first, last) = (arrivals[0], *arrivals.last().unwrap());
+    let from = first + Duration::from_secs(1);
+    let to = last - Duration::from_secs(1);
+    let steady = arrivals.iter().filter(|t| **t >= from && **t < to).count() as f64;
+    let rate = steady / to.duration_since(from).as_secs_f64();
+    println!(
+        "fleet: 3 workers, {} calls, peak {} in 1 s, steady {rate:.1} calls/s",
+        stats.calls, stats.peak_calls_per_second
+    );
+    assert!(rate >= 95.0, "the fleet used {rate:.1} of 100 calls/s");
+    assert_eq!(env.count_rows("succeeded").await, total);
+    env.cleanup().await;
+}

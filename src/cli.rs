@@ -39,6 +39,8 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Run the whole pipeline against a simulated Tencent, with its own names.
     Demo(DemoArgs),
+    /// Measure throughput, pacing, CPU and memory against the simulator.
+    Bench(BenchArgs),
     /// Exit 0 if URL answers 200 (container healthchecks; the image has no curl).
     Probe {
         /// e.g. http://127.0.0.1:9090/readyz
@@ -143,6 +145,36 @@ pub struct JobsArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    pub amqp_url: String,
+    /// The PostgreSQL server; the bench creates its own database `tagsweep_bench` there.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    #[arg(long, default_value_t = 200_000)]
+    pub jobs: u64,
+    #[arg(long, default_value_t = 50)]
+    pub latency_ms: u64,
+    #[arg(long, default_value_t = 20)]
+    pub jitter_ms: u64,
+    #[arg(long, default_value_t = 100)]
+    pub max_calls_per_second: u32,
+    /// Lift the API limit (10,000 calls/s, no latency) and compare with a bare consume-and-ack loop.
+    #[arg(long)]
+    pub unlimited: bool,
+    /// Worker processes on the queue (more than one share the rate through PostgreSQL).
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    #[arg(long, value_enum, default_value_t = crate::config::QueueType::Quorum)]
+    pub queue_type: crate::config::QueueType,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
     pub amqp_url: String,
@@ -219,6 +251,20 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Enqueue(args) => finish(enqueue(args).await),
+        Command::Bench(args) => finish(
+            ops::bench::run(ops::bench::BenchOptions {
+                amqp_url: args.amqp_url.into(),
+                database_url: args.database_url.into(),
+                jobs: args.jobs,
+                latency: Duration::from_millis(args.latency_ms),
+                jitter: Duration::from_millis(args.jitter_ms),
+                max_calls_per_second: args.max_calls_per_second,
+                unlimited: args.unlimited,
+                workers: args.workers,
+                queue_type: args.queue_type,
+            })
+            .await,
+        ),
         Command::Probe { url } => {
             let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build();
             match client.map(|c| c.get(&url)) {

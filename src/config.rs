@@ -45,6 +45,16 @@ pub struct Topology {
     pub queue: String,
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    pub queue_type: QueueType,
+}
+
+/// The jobs queue's type. Quorum (the default) is replicated and carries
+/// the delivery limit; classic is faster on one node and has neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum QueueType {
+    #[default]
+    Quorum,
+    Classic,
 }
 
 impl Default for Topology {
@@ -55,6 +65,7 @@ impl Default for Topology {
             queue: "tagsweep.remove".into(),
             dead_letter_exchange: "tagsweep.dead".into(),
             dead_letter_queue: "tagsweep.dead".into(),
+            queue_type: QueueType::Quorum,
         }
     }
 }
@@ -155,7 +166,7 @@ pub struct RunArgs {
     #[arg(long, env = "TAGSWEEP_MAX_CALLS_PER_SECOND", default_value_t = 100)]
     pub max_calls_per_second: u32,
     /// Widens the one-second pacing window against network jitter.
-    #[arg(long, env = "TAGSWEEP_PACING_MARGIN_MS", default_value_t = 10)]
+    #[arg(long, env = "TAGSWEEP_PACING_MARGIN_MS", default_value_t = 25)]
     pub pacing_margin_ms: u64,
     /// Users per API call, at most 100.
     #[arg(long, env = "TAGSWEEP_BATCH_SIZE", default_value_t = MAX_BATCH_SIZE)]
@@ -173,7 +184,7 @@ pub struct RunArgs {
     #[arg(long, env = "TAGSWEEP_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
     /// Deliveries held at once; enough to keep every call slot busy.
-    #[arg(long, env = "TAGSWEEP_PREFETCH", default_value_t = 5000)]
+    #[arg(long, env = "TAGSWEEP_PREFETCH", default_value_t = 2000)]
     pub prefetch: u16,
     #[arg(long, env = "TAGSWEEP_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
@@ -206,6 +217,9 @@ pub struct BrokerArgs {
     pub dead_letter_exchange: String,
     #[arg(long, env = "TAGSWEEP_DEAD_LETTER_QUEUE", default_value = "tagsweep.dead")]
     pub dead_letter_queue: String,
+    /// quorum (replicated, with the delivery limit) or classic; must match an existing queue.
+    #[arg(long, env = "TAGSWEEP_QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
+    pub queue_type: QueueType,
 }
 
 impl BrokerArgs {
@@ -216,6 +230,7 @@ impl BrokerArgs {
             queue: self.queue.clone(),
             dead_letter_exchange: self.dead_letter_exchange.clone(),
             dead_letter_queue: self.dead_letter_queue.clone(),
+            queue_type: self.queue_type,
         };
         for (flag, name) in [
             ("--exchange", &topology.exchange),

@@ -63,8 +63,21 @@ impl Pacer {
     /// sense that matters: a dropped waiter leaves its slot reserved, which
     /// only makes the pace slower, never faster.
     pub async fn acquire(&self) -> Duration {
+        self.acquire_reserved(self.reserve(Instant::now())).await
+    }
+
+    /// Reserves the next slot now, to be waited for later with
+    /// [`Pacer::acquire_reserved`]. The worker reserves in dispatch order,
+    /// so batches go out (and finish) in the order they were formed, which
+    /// keeps acknowledgements contiguous.
+    pub fn reserve_slot(&self) -> Instant {
+        self.reserve(Instant::now())
+    }
+
+    /// Waits for a reserved slot, then for admission against the actual
+    /// dispatch log; returns how long it waited.
+    pub async fn acquire_reserved(&self, slot: Instant) -> Duration {
         let start = Instant::now();
-        let slot = self.reserve(start);
         tokio::time::sleep_until(slot).await;
         loop {
             match self.admit(Instant::now()) {
@@ -258,6 +271,22 @@ impl Pacing {
         match self {
             Pacing::Local(pacer) => pacer.acquire().await,
             Pacing::Fleet(pacer) => pacer.acquire().await,
+        }
+    }
+
+    /// A slot reserved now, where the pacing can reserve without waiting.
+    pub fn reserve_slot(&self) -> Option<Instant> {
+        match self {
+            Pacing::Local(pacer) => Some(pacer.reserve_slot()),
+            Pacing::Fleet(_) => None,
+        }
+    }
+
+    /// Waits for `slot` if one was reserved, else for the next one.
+    pub async fn acquire_reserved(&self, slot: Option<Instant>) -> Duration {
+        match (self, slot) {
+            (Pacing::Local(pacer), Some(slot)) => pacer.acquire_reserved(slot).await,
+            _ => self.acquire().await,
         }
     }
 

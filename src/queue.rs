@@ -63,10 +63,12 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Queue
 
     let queue_options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     let mut arguments = FieldTable::default();
-    arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     arguments
         .insert("x-dead-letter-exchange".into(), AMQPValue::LongString(topology.dead_letter_exchange.as_str().into()));
-    arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(DELIVERY_LIMIT));
+    if topology.queue_type == crate::config::QueueType::Quorum {
+        arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(DELIVERY_LIMIT));
+    }
     channel.queue_declare(topology.queue.as_str().into(), queue_options, arguments).await?;
     channel
         .queue_bind(
@@ -100,47 +102,83 @@ pub struct AckPlan {
     pub singles: Vec<u64>,
 }
 
-/// The delivery tags this worker holds and has not settled.
+/// The delivery tags this worker holds, in work or done but not yet acked.
 ///
 /// A `multiple` ack settles every unacknowledged tag at or below it, so it
-/// is only safe below the oldest delivery still in work.
-#[derive(Debug, Default)]
+/// is only safe below the oldest delivery still in work. Batches finish a
+/// little out of order (latency jitter), so a done tag above that point is
+/// held back rather than acked alone: it goes with the next multiple ack
+/// once the older work finishes. Held tags still count against the
+/// prefetch, so they are flushed one by one when too many wait
+/// ([`AckTracker::settle`]) or when they have waited a tick
+/// ([`AckTracker::flush`]).
+#[derive(Debug)]
 pub struct AckTracker {
     in_work: BTreeSet<u64>,
+    done: BTreeSet<u64>,
+    max_held: usize,
+}
+
+impl Default for AckTracker {
+    fn default() -> Self {
+        AckTracker::new(1000)
+    }
 }
 
 impl AckTracker {
+    /// `max_held`: done tags kept back for a multiple ack before flushing.
+    pub fn new(max_held: usize) -> Self {
+        AckTracker { in_work: BTreeSet::new(), done: BTreeSet::new(), max_held }
+    }
+
     pub fn hold(&mut self, tag: u64) {
         self.in_work.insert(tag);
     }
 
+    /// Deliveries in work or waiting for their ack.
     pub fn len(&self) -> usize {
-        self.in_work.len()
+        self.in_work.len() + self.done.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.in_work.is_empty()
+        self.in_work.is_empty() && self.done.is_empty()
     }
 
-    /// Marks `tags` done and says how to acknowledge them.
+    /// Marks `tags` done and says which acks to send now.
     pub fn settle(&mut self, tags: &[u64]) -> AckPlan {
         for tag in tags {
-            self.in_work.remove(tag);
-        }
-        let oldest_in_work = self.in_work.first().copied().unwrap_or(u64::MAX);
-        let mut plan = AckPlan::default();
-        for &tag in tags {
-            if tag < oldest_in_work {
-                plan.up_to = Some(plan.up_to.map_or(tag, |t| t.max(tag)));
-            } else {
-                plan.singles.push(tag);
+            if self.in_work.remove(tag) {
+                self.done.insert(*tag);
             }
         }
-        plan.singles.sort_unstable();
+        let oldest_in_work = self.in_work.first().copied().unwrap_or(u64::MAX);
+        let mut plan = AckPlan { up_to: self.done.range(..oldest_in_work).next_back().copied(), singles: Vec::new() };
+        if let Some(up_to) = plan.up_to {
+            self.done = self.done.split_off(&(up_to + 1));
+        }
+        if self.done.len() > self.max_held {
+            plan.singles = std::mem::take(&mut self.done).into_iter().collect();
+        }
         plan
     }
 
-    /// Forgets every held tag (they are being returned) and yields them.
+    /// Acks everything done now, singly where older work still blocks a
+    /// multiple ack, so nothing done waits longer than one call of this.
+    pub fn flush(&mut self) -> AckPlan {
+        let plan = self.settle(&[]);
+        AckPlan { up_to: plan.up_to, singles: std::mem::take(&mut self.done).into_iter().chain(plan.singles).collect() }
+    }
+
+    /// Forgets tags that are handed back one by one (nacked).
+    pub fn forget(&mut self, tags: &[u64]) {
+        for tag in tags {
+            self.in_work.remove(tag);
+            self.done.remove(tag);
+        }
+    }
+
+    /// Forgets the tags in work (they are being returned) and yields them.
+    /// Done tags must be flushed (acked) first.
     pub fn release_all(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.in_work).into_iter().collect()
     }
@@ -243,15 +281,30 @@ mod tests {
 
     #[test]
     fn multiple_ack_only_below_the_oldest_in_work() {
-        let mut tracker = AckTracker::default();
+        let mut tracker = AckTracker::new(1000);
         for tag in 1..=6 {
             tracker.hold(tag);
         }
-        // 3 is still in work: 1 and 2 go as one multiple ack, 5 alone.
-        assert_eq!(tracker.settle(&[1, 2, 5]), AckPlan { up_to: Some(2), singles: vec![5] });
-        // Once 3 and 4 finish, everything left below 6 can go at once.
-        assert_eq!(tracker.settle(&[4, 3]), AckPlan { up_to: Some(4), singles: vec![] });
+        // 3 is still in work: 1 and 2 go as one multiple ack, 5 waits.
+        assert_eq!(tracker.settle(&[1, 2, 5]), AckPlan { up_to: Some(2), singles: vec![] });
+        // Once 3 and 4 finish, everything up to 5 goes at once.
+        assert_eq!(tracker.settle(&[4, 3]), AckPlan { up_to: Some(5), singles: vec![] });
         assert_eq!(tracker.release_all(), vec![6]);
         assert!(tracker.is_empty());
+    }
+
+    #[test]
+    fn done_tags_do_not_wait_forever_behind_a_slow_one() {
+        let mut tracker = AckTracker::new(2);
+        for tag in 1..=5 {
+            tracker.hold(tag);
+        }
+        assert_eq!(tracker.settle(&[2, 3]), AckPlan { up_to: None, singles: vec![] });
+        // A third held tag is one too many: they go singly.
+        assert_eq!(tracker.settle(&[4]), AckPlan { up_to: None, singles: vec![2, 3, 4] });
+        tracker.settle(&[5]);
+        // The periodic flush sends what waits, still never acking 1.
+        assert_eq!(tracker.flush(), AckPlan { up_to: None, singles: vec![5] });
+        assert_eq!(tracker.release_all(), vec![1]);
     }
 }

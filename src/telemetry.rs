@@ -41,6 +41,10 @@ pub mod names {
     /// Time a call waited for its pacing slot.
     pub const PACING_WAIT: &str = "tagsweep_pacing_wait_seconds";
     pub const JOBS_IN_HAND: &str = "tagsweep_jobs_in_hand";
+    /// Acknowledgement frames sent (one `multiple` ack can settle many jobs).
+    pub const BROKER_ACKS: &str = "tagsweep_broker_acks_total";
+    /// Statements the worker sent to PostgreSQL (admission checks and writes).
+    pub const DB_STATEMENTS: &str = "tagsweep_db_statements_total";
 }
 
 static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, message::Delivery};
@@ -155,7 +155,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         packer: Packer::new(config.batch_size),
         linger: config.batch_linger,
         grace: config.shutdown_grace,
-        tracker: AckTracker::default(),
+        tracker: AckTracker::new((usize::from(config.prefetch) / 4).max(100)),
         jobs: HashMap::new(),
         by_id: HashMap::new(),
         copies_while_recording: HashMap::new(),
@@ -235,7 +235,7 @@ enum Attempt {
 /// Sends one batch until every part has an outcome: retries the retryable,
 /// re-signs once on a stale signature, and halves the batch on a permanent
 /// answer until the entries at fault stand alone.
-async fn run_batch(ctx: Arc<CallContext>, batch: Batch) -> BatchReport {
+async fn run_batch(ctx: Arc<CallContext>, batch: Batch, slot: Option<Instant>) -> BatchReport {
     let mut report = BatchReport::default();
     let mut carried: HashMap<PartId, (u32, Option<Uuid>)> = HashMap::new();
     let mut outcomes: Vec<(PartId, PartResult)> = Vec::with_capacity(batch.len());
@@ -244,7 +244,9 @@ async fn run_batch(ctx: Arc<CallContext>, batch: Batch) -> BatchReport {
         let attempt = if report.fatal.is_some() {
             Err(Attempt::Stopped)
         } else {
-            call_with_retry(&ctx, &batch, &mut report.calls, &mut carried).await
+            // Only the batch's first call uses the slot reserved at dispatch.
+            let slot = if report.calls.is_empty() { slot } else { None };
+            call_with_retry(&ctx, &batch, slot, &mut report.calls, &mut carried).await
         };
         let each = |outcomes: &mut Vec<(PartId, PartResult)>, result: &dyn Fn() -> PartResult| {
             outcomes.extend(batch.entries().iter().map(|e| (e.part, result())));
@@ -282,6 +284,7 @@ async fn run_batch(ctx: Arc<CallContext>, batch: Batch) -> BatchReport {
 async fn call_with_retry(
     ctx: &CallContext,
     batch: &Batch,
+    mut slot: Option<Instant>,
     calls: &mut Vec<CallRow>,
     carried: &mut HashMap<PartId, (u32, Option<Uuid>)>,
 ) -> Result<(), Attempt> {
@@ -299,7 +302,9 @@ async fn call_with_retry(
         tokio::select! {
             biased;
             () = ctx.stop.cancelled() => return Err(Attempt::Stopped),
-            waited = ctx.pacer.acquire() => metrics::histogram!(names::PACING_WAIT).record(waited.as_secs_f64()),
+            waited = ctx.pacer.acquire_reserved(slot.take()) => {
+                metrics::histogram!(names::PACING_WAIT).record(waited.as_secs_f64());
+            }
         }
         let report = {
             metrics::gauge!(names::CALLS_IN_FLIGHT).increment(1.0);
@@ -497,12 +502,17 @@ const INTAKE_CHUNK: usize = 512;
 impl Coordinator {
     async fn run(
         mut self,
-        mut consumer: lapin::Consumer,
+        consumer: lapin::Consumer,
         mut reports: mpsc::UnboundedReceiver<BatchReport>,
         mut persisted: mpsc::UnboundedReceiver<Persisted>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Summary, WorkerError> {
         let mut shutdown = std::pin::pin!(shutdown);
+        // Whatever is ready arrives as one chunk, checked against the job
+        // table with one query. (Draining with `now_or_never` would poll the
+        // consumer with a no-op waker and lose the wake-up for the next
+        // delivery: the loop would then only notice it on another event.)
+        let mut consumer = consumer.ready_chunks(INTAKE_CHUNK);
         let mut stopping: Option<Instant> = None;
         let mut failure: Option<WorkerError> = None;
         // lapin consumers have been seen to stall silently after a broker
@@ -544,22 +554,23 @@ impl Coordinator {
                     self.persists_out -= 1;
                     self.on_persisted(done).await;
                 }
-                delivery = consumer.next(), if stopping.is_none() => {
-                    match delivery {
-                        Some(Ok(first)) => {
-                            let mut chunk = vec![first];
-                            while chunk.len() < INTAKE_CHUNK {
-                                match consumer.next().now_or_never() {
-                                    Some(Some(Ok(more))) => chunk.push(more),
-                                    _ => break,
+                ready = consumer.next(), if stopping.is_none() => {
+                    match ready {
+                        Some(ready) => {
+                            let mut chunk = Vec::with_capacity(ready.len());
+                            let mut lost = None;
+                            for delivery in ready {
+                                match delivery {
+                                    Ok(delivery) => chunk.push(delivery),
+                                    Err(error) => lost = Some(error),
                                 }
                             }
                             self.admit(chunk).await;
-                        }
-                        Some(Err(error)) => {
-                            failure = Some(WorkerError::ConsumerLost(error.to_string()));
-                            self.begin_stop().await;
-                            stopping = Some(Instant::now());
+                            if let Some(error) = lost {
+                                failure = Some(WorkerError::ConsumerLost(error.to_string()));
+                                self.begin_stop().await;
+                                stopping = Some(Instant::now());
+                            }
                         }
                         None => {
                             failure = Some(WorkerError::ConsumerLost("the broker cancelled the consumer".into()));
@@ -571,6 +582,8 @@ impl Coordinator {
                 _ = watchdog.tick(), if stopping.is_none() => {
                     let connected = self.channel.status().connected();
                     self.health.set_broker(connected);
+                    let plan = self.tracker.flush();
+                    self.acknowledge(plan).await;
                     metrics::gauge!(names::JOBS_IN_HAND).set(self.tracker.len() as f64);
                     if !connected {
                         failure = Some(WorkerError::ConsumerLost("the broker connection is gone".into()));
@@ -620,10 +633,14 @@ impl Coordinator {
                 return;
             };
             self.calls_out += 1;
+            // Reserved here, in the order batches were formed: spawned tasks
+            // start in any order, and calls finishing out of order would
+            // scatter the acknowledgements.
+            let slot = self.calls.pacer.reserve_slot();
             let ctx = self.calls.clone();
             let tx = self.reports_tx.clone();
             tokio::spawn(async move {
-                let _ = tx.send(run_batch(ctx, batch).await);
+                let _ = tx.send(run_batch(ctx, batch, slot).await);
             });
         }
     }
@@ -738,6 +755,7 @@ impl Coordinator {
         }
         .backoff();
         loop {
+            metrics::counter!(names::DB_STATEMENTS).increment(1);
             match self.store.terminal_ids(ids).await {
                 Ok(found) => {
                     self.health.set_database(true);
@@ -832,6 +850,7 @@ impl Coordinator {
         } else {
             // Not recorded: the broker keeps them and a worker tries again.
             self.summary.returned += tags.len() as u64;
+            self.tracker.forget(&tags);
             for tag in tags {
                 self.nack(tag, false).await;
             }
@@ -839,6 +858,8 @@ impl Coordinator {
     }
 
     async fn acknowledge(&self, plan: AckPlan) {
+        let frames = u64::from(plan.up_to.is_some()) + plan.singles.len() as u64;
+        metrics::counter!(names::BROKER_ACKS).increment(frames);
         if let Some(tag) = plan.up_to
             && let Err(error) = self.channel.basic_ack(tag, BasicAckOptions { multiple: true }).await
         {
@@ -861,6 +882,8 @@ impl Coordinator {
 
     /// Hands back every delivery still in work.
     async fn return_the_rest(&mut self) {
+        let plan = self.tracker.flush();
+        self.acknowledge(plan).await;
         let tags = self.tracker.release_all();
         if let Some(&last) = tags.last() {
             // Every tag at or below `last` not in `tags` is settled already,
@@ -925,6 +948,7 @@ async fn persist(
     }
     .backoff();
     loop {
+        metrics::counter!(names::DB_STATEMENTS).increment(1);
         match store.record(calls, rows).await {
             Ok(()) => {
                 health.set_database(true);

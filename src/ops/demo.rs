@@ -43,6 +43,7 @@ fn demo_topology() -> Topology {
         queue: "tagsweep-demo.remove".into(),
         dead_letter_exchange: "tagsweep-demo.dead".into(),
         dead_letter_queue: "tagsweep-demo.dead".into(),
+        queue_type: crate::config::QueueType::Quorum,
     }
 }
 
@@ -120,7 +121,7 @@ pub async fn run(options: DemoOptions) -> Result<String, OpsError> {
         credential: Credential::SecretKey(SecretString::from(KEY)),
         topology: topology.clone(),
         max_calls_per_second: 100,
-        pacing_margin: Duration::from_millis(10),
+        pacing_margin: Duration::from_millis(25),
         batch_size: BatchSize::MAX,
         batch_linger: Duration::from_millis(50),
         retry: RetryPolicy {
@@ -128,7 +129,7 @@ pub async fn run(options: DemoOptions) -> Result<String, OpsError> {
             max_interval: Duration::from_secs(1),
             max_elapsed: Duration::from_secs(5),
         },
-        prefetch: 5000,
+        prefetch: 2000,
         max_in_flight: 64,
         shutdown_grace: Duration::from_secs(30),
         usersig_validity: crate::usersig::DEFAULT_VALIDITY,

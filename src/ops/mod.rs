@@ -6,6 +6,7 @@
 //! `store` for the table), and returns a report the CLI prints.
 
 pub mod audit;
+pub mod bench;
 pub mod demo;
 pub mod enqueue;
 pub mod replay;

@@ -166,6 +166,7 @@ impl TestEnv {
             queue: format!("test.{suffix}.remove"),
             dead_letter_exchange: format!("test.{suffix}.dead"),
             dead_letter_queue: format!("test.{suffix}.dead"),
+            queue_type: tagsweep::config::QueueType::Quorum,
         };
         let connection = tagsweep::queue::connect(&SecretString::from(services.amqp_url.clone()), "tagsweep tests")
             .await
@@ -210,7 +211,7 @@ impl TestEnv {
             credential: Credential::SecretKey(SecretString::from(SECRET_KEY)),
             topology: self.topology.clone(),
             max_calls_per_second: 100,
-            pacing_margin: Duration::from_millis(10),
+            pacing_margin: Duration::from_millis(25),
             batch_size: BatchSize::MAX,
             batch_linger: Duration::from_millis(20),
             retry: RetryPolicy {

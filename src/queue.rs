@@ -36,6 +36,8 @@ pub enum QueueError {
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused to confirm the dead letter of job {0}")]
     NotConfirmed(String),
+    #[error("RabbitMQ refused a publish (nack); nothing after it is certain")]
+    PublishRefused,
 }
 
 /// Connects to the broker. The URL may hold a password: it is never logged.
@@ -93,6 +95,63 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Queue
     Ok(())
 }
 
+/// Publishes jobs to the jobs exchange, persistent, with publisher
+/// confirms, keeping at most `window` unconfirmed so memory stays flat
+/// however many are sent. The channel must be in confirm mode.
+#[derive(Debug)]
+pub struct JobPublisher<'a> {
+    channel: &'a Channel,
+    topology: &'a Topology,
+    pending: std::collections::VecDeque<lapin::PublisherConfirm>,
+    window: usize,
+}
+
+impl<'a> JobPublisher<'a> {
+    pub fn new(channel: &'a Channel, topology: &'a Topology, window: usize) -> Self {
+        JobPublisher { channel, topology, pending: Default::default(), window: window.max(1) }
+    }
+
+    /// Publishes one job body; `message_id` is its job id.
+    pub async fn publish(&mut self, body: &[u8], message_id: &str) -> Result<(), QueueError> {
+        if self.pending.len() >= self.window {
+            self.settle_one().await?;
+        }
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_message_id(message_id.into());
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.topology.exchange.as_str().into(),
+                self.topology.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?;
+        self.pending.push_back(confirm);
+        Ok(())
+    }
+
+    async fn settle_one(&mut self) -> Result<(), QueueError> {
+        if let Some(confirm) = self.pending.pop_front()
+            && !confirm.await?.is_ack()
+        {
+            return Err(QueueError::PublishRefused);
+        }
+        Ok(())
+    }
+
+    /// Waits for every outstanding confirm.
+    pub async fn finish(&mut self) -> Result<(), QueueError> {
+        while !self.pending.is_empty() {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+}
+
 /// What to acknowledge after some deliveries finished.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct AckPlan {
@@ -116,6 +175,8 @@ pub struct AckPlan {
 pub struct AckTracker {
     in_work: BTreeSet<u64>,
     done: BTreeSet<u64>,
+    /// Done tags seen at the previous flush: those have waited a full tick.
+    waiting_since_flush: BTreeSet<u64>,
     max_held: usize,
 }
 
@@ -128,7 +189,7 @@ impl Default for AckTracker {
 impl AckTracker {
     /// `max_held`: done tags kept back for a multiple ack before flushing.
     pub fn new(max_held: usize) -> Self {
-        AckTracker { in_work: BTreeSet::new(), done: BTreeSet::new(), max_held }
+        AckTracker { in_work: BTreeSet::new(), done: BTreeSet::new(), waiting_since_flush: BTreeSet::new(), max_held }
     }
 
     pub fn hold(&mut self, tag: u64) {
@@ -162,10 +223,25 @@ impl AckTracker {
         plan
     }
 
-    /// Acks everything done now, singly where older work still blocks a
-    /// multiple ack, so nothing done waits longer than one call of this.
+    /// Called on a timer: acks singly what was already waiting at the
+    /// previous call, so nothing done waits longer than two ticks, while
+    /// what finished moments ago still gets its chance at a multiple ack.
     pub fn flush(&mut self) -> AckPlan {
+        let mut plan = self.settle(&[]);
+        let stale: Vec<u64> = self.waiting_since_flush.intersection(&self.done).copied().collect();
+        for tag in &stale {
+            self.done.remove(tag);
+        }
+        plan.singles.extend(stale);
+        plan.singles.sort_unstable();
+        self.waiting_since_flush = self.done.clone();
+        plan
+    }
+
+    /// Acks everything done now (before returning the rest at shutdown).
+    pub fn flush_all(&mut self) -> AckPlan {
         let plan = self.settle(&[]);
+        self.waiting_since_flush.clear();
         AckPlan { up_to: plan.up_to, singles: std::mem::take(&mut self.done).into_iter().chain(plan.singles).collect() }
     }
 
@@ -303,7 +379,8 @@ mod tests {
         // A third held tag is one too many: they go singly.
         assert_eq!(tracker.settle(&[4]), AckPlan { up_to: None, singles: vec![2, 3, 4] });
         tracker.settle(&[5]);
-        // The periodic flush sends what waits, still never acking 1.
+        // The periodic flush sends what has waited a whole tick, never 1.
+        assert_eq!(tracker.flush(), AckPlan { up_to: None, singles: vec![] });
         assert_eq!(tracker.flush(), AckPlan { up_to: None, singles: vec![5] });
         assert_eq!(tracker.release_all(), vec![1]);
     }

@@ -43,6 +43,8 @@ pub mod names {
     pub const JOBS_IN_HAND: &str = "tagsweep_jobs_in_hand";
     /// Acknowledgement frames sent (one `multiple` ack can settle many jobs).
     pub const BROKER_ACKS: &str = "tagsweep_broker_acks_total";
+    /// Dead-letter publish plus the one statement that records a group.
+    pub const PERSIST_LATENCY: &str = "tagsweep_persist_seconds";
     /// Statements the worker sent to PostgreSQL (admission checks and writes).
     pub const DB_STATEMENTS: &str = "tagsweep_db_statements_total";
 }
@@ -80,6 +82,7 @@ fn describe() {
     describe_gauge!(names::CALLS_IN_FLIGHT, "Calls waiting for their answer");
     describe_histogram!(names::PACING_WAIT, metrics::Unit::Seconds, "Wait for a pacing slot");
     describe_gauge!(names::JOBS_IN_HAND, "Jobs taken from the queue and not yet acknowledged");
+    describe_histogram!(names::PERSIST_LATENCY, metrics::Unit::Seconds, "Recording a group of finished jobs");
 }
 
 /// What /readyz reports: ready only while both connections are up.

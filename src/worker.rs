@@ -146,6 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
 
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let (persisted_tx, persisted) = mpsc::unbounded_channel();
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
     let coordinator = Coordinator {
         channel: channel.clone(),
         consumer_tag,
@@ -166,8 +167,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         persisted_tx,
         summary: Summary::default(),
         health,
+        acks: acks_tx,
     };
+    let settler = tokio::spawn(send_settlements(channel.clone(), acks_rx));
     let result = coordinator.run(consumer, reports, persisted, shutdown).await;
+    // The coordinator is gone with its sender: wait for the last frames.
+    let _ = settler.await;
     // Closing returns anything still unacknowledged. Channels first: lapin
     // logs an error for a connection closed under open channels.
     let _ = channel.close(200, "tagsweep stopping".into()).await;
@@ -485,6 +490,35 @@ struct Coordinator {
     persisted_tx: mpsc::UnboundedSender<Persisted>,
     summary: Summary,
     health: Arc<Health>,
+    /// Acks and nacks, sent in order by [`send_settlements`].
+    acks: mpsc::UnboundedSender<Settle>,
+}
+
+/// An acknowledgement frame for the consumer channel.
+#[derive(Debug)]
+enum Settle {
+    Ack { tag: u64, multiple: bool },
+    Nack { tag: u64, multiple: bool },
+}
+
+/// Sends acks and nacks in the order they were decided. It runs apart from
+/// the coordinator so that a burst of frames never holds up the pipeline;
+/// the order matters, since a single ack after a `multiple` one covering the
+/// same tag would be a protocol error that closes the channel.
+async fn send_settlements(channel: Channel, mut queue: mpsc::UnboundedReceiver<Settle>) {
+    while let Some(settle) = queue.recv().await {
+        let (result, what) = match settle {
+            Settle::Ack { tag, multiple } => (channel.basic_ack(tag, BasicAckOptions { multiple }).await, tag),
+            // lapin's default nack drops the message (`requeue: false`):
+            // the requeue here is what keeps the job.
+            Settle::Nack { tag, multiple } => {
+                (channel.basic_nack(tag, BasicNackOptions { multiple, requeue: true }).await, tag)
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!("settling delivery {what} failed: {error}; the broker will redeliver it");
+        }
+    }
 }
 
 /// Where a job id in hand is.
@@ -828,7 +862,9 @@ impl Coordinator {
         let stop = self.calls.stop.clone();
         let health = self.health.clone();
         tokio::spawn(async move {
+            let started = Instant::now();
             let ok = persist(&store, &dead_letters, &calls, &rows, &letters, &stop, &health).await;
+            metrics::histogram!(names::PERSIST_LATENCY).record(started.elapsed().as_secs_f64());
             let _ = tx.send(Persisted { tags, job_ids, succeeded, dead_lettered, ok });
         });
     }
@@ -857,32 +893,26 @@ impl Coordinator {
         }
     }
 
+    /// Queues the acks of a plan for the ack task (in order).
     async fn acknowledge(&self, plan: AckPlan) {
         let frames = u64::from(plan.up_to.is_some()) + plan.singles.len() as u64;
         metrics::counter!(names::BROKER_ACKS).increment(frames);
-        if let Some(tag) = plan.up_to
-            && let Err(error) = self.channel.basic_ack(tag, BasicAckOptions { multiple: true }).await
-        {
-            tracing::warn!("ack up to {tag} failed: {error}; the broker will redeliver");
+        if let Some(tag) = plan.up_to {
+            let _ = self.acks.send(Settle::Ack { tag, multiple: true });
         }
         for tag in plan.singles {
-            if let Err(error) = self.channel.basic_ack(tag, BasicAckOptions { multiple: false }).await {
-                tracing::warn!("ack of {tag} failed: {error}; the broker will redeliver");
-            }
+            let _ = self.acks.send(Settle::Ack { tag, multiple: false });
         }
     }
 
-    /// Returns a delivery to the queue. lapin's default nack drops it
-    /// (`requeue: false`): the requeue here is what keeps the job.
+    /// Returns a delivery to the queue (through the ack task, in order).
     async fn nack(&self, tag: u64, multiple: bool) {
-        if let Err(error) = self.channel.basic_nack(tag, BasicNackOptions { multiple, requeue: true }).await {
-            tracing::warn!("nack of {tag} failed: {error}; closing the channel returns it");
-        }
+        let _ = self.acks.send(Settle::Nack { tag, multiple });
     }
 
     /// Hands back every delivery still in work.
     async fn return_the_rest(&mut self) {
-        let plan = self.tracker.flush();
+        let plan = self.tracker.flush_all();
         self.acknowledge(plan).await;
         let tags = self.tracker.release_all();
         if let Some(&last) = tags.last() {

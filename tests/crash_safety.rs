@@ -8,32 +8,20 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{SDKAPPID, SECRET_KEY, TestEnv, job};
+use common::{TestEnv, job};
 use rand::Rng;
 
 const TOTAL: i64 = 20_000;
 const BATCH: usize = 50;
 
 fn worker_process(env: &TestEnv) -> tokio::process::Child {
-    let topology = &env.topology;
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_tagsweep"))
+    env.tagsweep_process()
         .arg("run")
-        .env_clear()
-        .env("AMQP_URL", &env.amqp_url)
-        .env("DATABASE_URL", &env.database_url)
-        .env("TAGSWEEP_API_BASE_URL", env.sim.base_url())
-        .env("TAGSWEEP_SDKAPPID", SDKAPPID.to_string())
-        .env("TAGSWEEP_SECRET_KEY", SECRET_KEY)
-        .env("TAGSWEEP_EXCHANGE", &topology.exchange)
-        .env("TAGSWEEP_QUEUE", &topology.queue)
-        .env("TAGSWEEP_DEAD_LETTER_EXCHANGE", &topology.dead_letter_exchange)
-        .env("TAGSWEEP_DEAD_LETTER_QUEUE", &topology.dead_letter_queue)
         .env("TAGSWEEP_MAX_CALLS_PER_SECOND", "50")
         .env("TAGSWEEP_BATCH_SIZE", BATCH.to_string())
         .env("TAGSWEEP_PREFETCH", "1000")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("start tagsweep run")
 }

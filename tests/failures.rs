@@ -209,21 +209,8 @@ async fn credential_answers_stop_the_worker_and_keep_every_job() {
 async fn a_wrong_secret_key_stops_the_real_binary_with_exit_3() {
     let env = TestEnv::new().await;
     env.publish_jobs(&[job("k1", "u1", &["a"])]).await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagsweep"))
-        .arg("run")
-        .env_clear()
-        .env("AMQP_URL", &env.amqp_url)
-        .env("DATABASE_URL", &env.database_url)
-        .env("TAGSWEEP_API_BASE_URL", env.sim.base_url())
-        .env("TAGSWEEP_SDKAPPID", common::SDKAPPID.to_string())
-        .env("TAGSWEEP_SECRET_KEY", "not-the-right-key")
-        .env("TAGSWEEP_EXCHANGE", &env.topology.exchange)
-        .env("TAGSWEEP_QUEUE", &env.topology.queue)
-        .env("TAGSWEEP_DEAD_LETTER_EXCHANGE", &env.topology.dead_letter_exchange)
-        .env("TAGSWEEP_DEAD_LETTER_QUEUE", &env.topology.dead_letter_queue)
-        .output()
-        .await
-        .unwrap();
+    let output =
+        env.tagsweep_process().arg("run").env("TAGSWEEP_SECRET_KEY", "not-the-right-key").output().await.unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("70009") && stderr.contains("Fix:"), "{stderr}");

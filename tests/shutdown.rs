@@ -6,7 +6,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{SDKAPPID, SECRET_KEY, TestEnv, job};
+use common::{SECRET_KEY, TestEnv, job};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_loses_nothing() {
@@ -21,23 +21,13 @@ async fn sigterm_mid_stream_loses_nothing() {
     env.publish_jobs(&bodies).await;
 
     let topology = &env.topology;
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagsweep"))
+    let child = env
+        .tagsweep_process()
         .arg("run")
-        .env_clear()
-        .env("AMQP_URL", &env.amqp_url)
-        .env("DATABASE_URL", &env.database_url)
-        .env("TAGSWEEP_API_BASE_URL", env.sim.base_url())
-        .env("TAGSWEEP_SDKAPPID", SDKAPPID.to_string())
-        .env("TAGSWEEP_SECRET_KEY", SECRET_KEY)
-        .env("TAGSWEEP_EXCHANGE", &topology.exchange)
-        .env("TAGSWEEP_QUEUE", &topology.queue)
-        .env("TAGSWEEP_DEAD_LETTER_EXCHANGE", &topology.dead_letter_exchange)
-        .env("TAGSWEEP_DEAD_LETTER_QUEUE", &topology.dead_letter_queue)
         .env("TAGSWEEP_MAX_CALLS_PER_SECOND", "20")
         .env("TAGSWEEP_BATCH_SIZE", "25")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start tagsweep run");
 

@@ -15,12 +15,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use lapin::Channel;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    ExchangeDeleteOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{Connection as _, PgConnection, PgPool};
 
@@ -61,28 +61,13 @@ fn bench_topology(tag: &str, queue_type: QueueType) -> Topology {
 /// Publishes `jobs` distinct single-user jobs with confirms; returns jobs/s.
 async fn preload(channel: &Channel, topology: &Topology, jobs: u64) -> Result<f64, OpsError> {
     let started = Instant::now();
-    let mut pending = std::collections::VecDeque::new();
+    let mut publisher = crate::queue::JobPublisher::new(channel, topology, 2000);
     for i in 0..jobs {
-        let body = serde_json::json!({"job_id": format!("b-{i}"), "account": format!("u{i}"), "tags": ["a"]});
-        let confirm = channel
-            .basic_publish(
-                topology.exchange.as_str().into(),
-                topology.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                body.to_string().as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await?;
-        pending.push_back(confirm);
-        if pending.len() >= 2000
-            && let Some(confirm) = pending.pop_front()
-        {
-            confirm.await?;
-        }
+        let id = format!("b-{i}");
+        let body = serde_json::json!({"job_id": id, "account": format!("u{i}"), "tags": ["a"]});
+        publisher.publish(body.to_string().as_bytes(), &id).await?;
     }
-    for confirm in pending {
-        confirm.await?;
-    }
+    publisher.finish().await?;
     Ok(jobs as f64 / started.elapsed().as_secs_f64())
 }
 
@@ -187,7 +172,11 @@ pub async fn run(options: BenchOptions) -> Result<String, OpsError> {
             .env("TAGSWEEP_METRICS_ADDR", format!("127.0.0.1:{port}"))
             .env("TAGSWEEP_FLEET_PACING", if options.workers > 1 { "true" } else { "false" })
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("TAGSWEEP_BENCH_WORKER_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .kill_on_drop(true)
             .spawn()?;
         workers.push(child);
@@ -209,7 +198,7 @@ pub async fn run(options: BenchOptions) -> Result<String, OpsError> {
         if workers.iter_mut().any(|w| matches!(w.try_wait(), Ok(Some(_)))) {
             return Err(OpsError::Input("a worker exited during the bench".into()));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
     }
     let mut scraped = String::new();
     for port in &metrics_ports {

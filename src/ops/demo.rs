@@ -145,31 +145,11 @@ pub async fn run(options: DemoOptions) -> Result<String, OpsError> {
     let publish = connection.create_channel().await?;
     crate::queue::declare(&publish, &topology).await?;
     publish.confirm_select(lapin::options::ConfirmSelectOptions::default()).await?;
-    let mut pending = std::collections::VecDeque::new();
+    let mut publisher = crate::queue::JobPublisher::new(&publish, &topology, 1000);
     for (id, body) in &work {
-        let properties = lapin::BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_message_id(id.as_str().into());
-        let confirm = publish
-            .basic_publish(
-                topology.exchange.as_str().into(),
-                topology.routing_key.as_str().into(),
-                Default::default(),
-                body,
-                properties,
-            )
-            .await?;
-        pending.push_back(confirm);
-        if pending.len() >= 1000
-            && let Some(confirm) = pending.pop_front()
-        {
-            confirm.await?;
-        }
+        publisher.publish(body, id).await?;
     }
-    for confirm in pending {
-        confirm.await?;
-    }
+    publisher.finish().await?;
 
     let pool = PgPool::connect(&database_url).await?;
     let bar = progress_bar(options.jobs, options.progress);

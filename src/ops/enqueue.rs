@@ -13,8 +13,8 @@ use std::io::{BufRead, BufReader, Read, Seek};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel};
+use lapin::Channel;
+use lapin::options::ConfirmSelectOptions;
 
 use super::OpsError;
 use crate::config::Topology;
@@ -178,54 +178,6 @@ fn validate(file: &File, format: Format) -> Result<(u64, Vec<BadLine>), OpsError
     Ok((valid, bad))
 }
 
-/// Publishes with confirms, at most `window` unconfirmed at a time.
-struct Publisher<'a> {
-    channel: &'a Channel,
-    topology: &'a Topology,
-    pending: std::collections::VecDeque<lapin::PublisherConfirm>,
-    window: usize,
-}
-
-impl Publisher<'_> {
-    async fn publish(&mut self, job: &Job) -> Result<(), OpsError> {
-        if self.pending.len() >= self.window {
-            self.settle_one().await?;
-        }
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_message_id(job.id.as_str().into());
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.topology.exchange.as_str().into(),
-                self.topology.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &body_of(job),
-                properties,
-            )
-            .await?;
-        self.pending.push_back(confirm);
-        Ok(())
-    }
-
-    async fn settle_one(&mut self) -> Result<(), OpsError> {
-        if let Some(confirm) = self.pending.pop_front()
-            && !confirm.await?.is_ack()
-        {
-            return Err(OpsError::Input("the broker refused a publish (nack); nothing after it is certain".into()));
-        }
-        Ok(())
-    }
-
-    async fn finish(&mut self) -> Result<(), OpsError> {
-        while !self.pending.is_empty() {
-            self.settle_one().await?;
-        }
-        Ok(())
-    }
-}
-
 /// Validates, then publishes. With invalid lines and no `skip_invalid`,
 /// returns an `Input` error listing them and publishes nothing.
 pub async fn enqueue(
@@ -249,15 +201,14 @@ async fn publish_all(
 ) -> Result<EnqueueReport, OpsError> {
     crate::queue::declare(channel, topology).await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let mut publisher =
-        Publisher { channel, topology, pending: Default::default(), window: options.confirm_window.max(1) };
+    let mut publisher = crate::queue::JobPublisher::new(channel, topology, options.confirm_window);
     let mut report = EnqueueReport::default();
 
     match options.input {
         Input::One { job_id, account, tags } => {
             let body = serde_json::json!({"job_id": job_id, "account": account, "tags": tags}).to_string();
             let job = job::parse(body.as_bytes(), None).map_err(|invalid| OpsError::Input(invalid.reason))?;
-            publisher.publish(&job).await?;
+            publisher.publish(&body_of(&job), &job.id).await?;
             report.published = 1;
         }
         Input::Lines { path, format } => {
@@ -280,7 +231,7 @@ async fn publish_all(
             let bar = progress_bar(valid, options.progress);
             for item in read_jobs(&file, format) {
                 if let (_, Ok(job)) = item? {
-                    publisher.publish(&job).await?;
+                    publisher.publish(&body_of(&job), &job.id).await?;
                     report.published += 1;
                     bar.inc(1);
                 }

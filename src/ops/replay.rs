@@ -256,32 +256,15 @@ async fn from_table(
         if !options.dry_run {
             let ids: Vec<String> = chunk.iter().map(|r| r.job_id.clone()).collect();
             mark_replaying(pool, &ids).await?;
-            let mut confirms = Vec::with_capacity(chunk.len());
+            let mut publisher = crate::queue::JobPublisher::new(publisher, topology, chunk.len());
             for row in chunk {
                 let body = serde_json::json!({"job_id": row.job_id, "account": row.account, "tags": row.tags});
-                let properties = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_delivery_mode(2)
-                    .with_message_id(row.job_id.as_str().into());
-                confirms.push(
-                    publisher
-                        .basic_publish(
-                            topology.exchange.as_str().into(),
-                            topology.routing_key.as_str().into(),
-                            BasicPublishOptions::default(),
-                            body.to_string().as_bytes(),
-                            properties,
-                        )
-                        .await?,
-                );
+                publisher.publish(body.to_string().as_bytes(), &row.job_id).await?;
             }
-            for confirm in confirms {
-                if !confirm.await?.is_ack() {
-                    return Err(OpsError::Input(
-                        "the broker refused a republish; rerun with --status replaying to finish".into(),
-                    ));
-                }
-            }
+            publisher
+                .finish()
+                .await
+                .map_err(|e| OpsError::Input(format!("{e}; rerun with --from table --status replaying to finish")))?;
         }
         report.replayed.extend(chunk.iter().map(|row| Replayed {
             job_id: row.job_id.clone(),

@@ -236,6 +236,26 @@ impl TestEnv {
         WorkerHandle { stop, task }
     }
 
+    /// The real `tagsweep` binary with this test's services, names and
+    /// simulator in its environment (and nothing else); add the subcommand.
+    pub fn tagsweep_process(&self) -> tokio::process::Command {
+        let topology = &self.topology;
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagsweep"));
+        command
+            .env_clear()
+            .env("AMQP_URL", &self.amqp_url)
+            .env("DATABASE_URL", &self.database_url)
+            .env("TAGSWEEP_API_BASE_URL", self.sim.base_url())
+            .env("TAGSWEEP_SDKAPPID", SDKAPPID.to_string())
+            .env("TAGSWEEP_SECRET_KEY", SECRET_KEY)
+            .env("TAGSWEEP_EXCHANGE", &topology.exchange)
+            .env("TAGSWEEP_QUEUE", &topology.queue)
+            .env("TAGSWEEP_DEAD_LETTER_EXCHANGE", &topology.dead_letter_exchange)
+            .env("TAGSWEEP_DEAD_LETTER_QUEUE", &topology.dead_letter_queue)
+            .kill_on_drop(true);
+        command
+    }
+
     /// Publishes bodies to the jobs exchange and waits for every confirm.
     pub async fn publish(&self, messages: impl IntoIterator<Item = (Vec<u8>, BasicProperties)>) {
         let mut confirms = Vec::new();

@@ -168,7 +168,7 @@ INSERT INTO pacing AS p (sdkappid, next_slot) VALUES ($1, clock_timestamp() + $2
 ON CONFLICT (sdkappid) DO UPDATE
 SET next_slot = greatest(p.next_slot, clock_timestamp(), coalesce(p.paused_until, '-infinity'::timestamptz))
                 + $2 * $3 * interval '1 microsecond'
-RETURNING extract(epoch FROM (p.next_slot - $2 * $3 * interval '1 microsecond') - clock_timestamp())::float8";
+RETURNING extract(epoch FROM p.next_slot - $2 * $3 * interval '1 microsecond')::float8";
 
 impl SharedPacer {
     pub fn new(pool: sqlx::PgPool, sdkappid: u64, max_calls_per_second: u32, margin: Duration) -> Self {
@@ -224,19 +224,31 @@ impl SharedPacer {
     }
 
     /// Reserves `block` slots; returns the first as a local instant.
+    ///
+    /// Slots are wall-clock times, converted with this host's own clock:
+    /// exact for workers on one machine, and within NTP's error across
+    /// machines. (Converting through the database's "now" and half the
+    /// round trip was tried first: under load the round trip is noisy, and
+    /// three processes let 60007s through.)
     async fn reserve(&self) -> Result<Instant, sqlx::Error> {
         let spacing_us = i64::try_from(self.spacing.as_micros()).unwrap_or(i64::MAX);
-        let sent = Instant::now();
-        let offset: f64 = sqlx::query_scalar(RESERVE)
+        let first: f64 = sqlx::query_scalar(RESERVE)
             .bind(self.sdkappid)
             .bind(i64::from(self.block))
             .bind(spacing_us)
             .fetch_one(&self.pool)
             .await?;
-        // The database's clock decides; its answer is converted at the
-        // moment it was read (half the round trip is the error, under the margin).
-        let read_at = sent + sent.elapsed() / 2;
-        Ok(if offset >= 0.0 { read_at + Duration::from_secs_f64(offset) } else { read_at })
+        let now_wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        let now = Instant::now();
+        let ahead = first - now_wall;
+        Ok(if ahead >= 0.0 {
+            now + Duration::from_secs_f64(ahead)
+        } else {
+            now.checked_sub(Duration::from_secs_f64(-ahead)).unwrap_or(now)
+        })
     }
 
     /// Pauses every worker of the fleet (a rate-limited answer).

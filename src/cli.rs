@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{BrokerArgs, RunArgs};
+use crate::config::{BrokerArgs, DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, RunArgs};
 use crate::ops::{self, OpsError};
 use crate::sim::{Faults, SimConfig, Simulator};
 use crate::telemetry::{self, LogFormat};
@@ -81,7 +81,7 @@ pub struct ReplayArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        default_value = DEFAULT_DATABASE_URL,
         hide_env_values = true
     )]
     pub database_url: String,
@@ -116,7 +116,7 @@ pub struct JobsArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        default_value = DEFAULT_DATABASE_URL,
         hide_env_values = true
     )]
     pub database_url: String,
@@ -146,13 +146,13 @@ pub struct JobsArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: String,
     /// The PostgreSQL server; the bench creates its own database `tagsweep_bench` there.
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        default_value = DEFAULT_DATABASE_URL,
         hide_env_values = true
     )]
     pub database_url: String,
@@ -176,13 +176,13 @@ pub struct BenchArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: String,
     /// The PostgreSQL server; the demo creates its own database `tagsweep_demo` there.
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        default_value = DEFAULT_DATABASE_URL,
         hide_env_values = true
     )]
     pub database_url: String,

@@ -15,6 +15,10 @@ use secrecy::SecretString;
 use crate::api::{ClientSettings, Region};
 use crate::batch::{BatchSize, MAX_BATCH_SIZE};
 
+/// The broker and database of CONTRACT §6's defaults (a local install).
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("no SDKAppID: pass --sdkappid or set TAGSWEEP_SDKAPPID")]
@@ -139,7 +143,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres",
+        default_value = DEFAULT_DATABASE_URL,
         hide_env_values = true
     )]
     pub database_url: String,
@@ -205,7 +209,7 @@ pub struct RunArgs {
 /// command that talks to RabbitMQ.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: String,
     #[arg(long, env = "TAGSWEEP_EXCHANGE", default_value = "tagsweep")]
     pub exchange: String,

@@ -95,6 +95,18 @@ pub async fn declare(channel: &Channel, topology: &Topology) -> Result<(), Queue
     Ok(())
 }
 
+/// Deletes the queues and exchanges of `topology` (a command's own scratch
+/// names); failures are ignored, as the names may already be gone.
+pub async fn delete(channel: &Channel, topology: &Topology) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    for queue in [&topology.queue, &topology.dead_letter_queue] {
+        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
+        let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+    }
+}
+
 /// Publishes jobs to the jobs exchange, persistent, with publisher
 /// confirms, keeping at most `window` unconfirmed so memory stays flat
 /// however many are sent. The channel must be in confirm mode.

@@ -184,12 +184,7 @@ async fn the_worker_declares_the_contract_topology() {
     // Publishing through the exchange with the routing key reaches the worker,
     // and publishing to the dead-letter exchange reaches the dead-letter queue.
     worker.stop().await.unwrap();
-    for queue in [&topology.queue, &topology.dead_letter_queue] {
-        let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
-    }
-    for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
-        let _ = channel.exchange_delete(exchange.as_str().into(), Default::default()).await;
-    }
+    tagsweep::queue::delete(&channel, &topology).await;
     env.cleanup().await;
 }
 

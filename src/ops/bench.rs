@@ -16,16 +16,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::Channel;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::PgPool;
 
 use super::OpsError;
-use super::demo::with_database;
 use crate::config::{QueueType, Topology};
 use crate::sim::{SimConfig, Simulator};
 
@@ -110,12 +106,7 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 pub async fn run(options: BenchOptions) -> Result<String, OpsError> {
-    let mut admin = PgConnection::connect(options.database_url.expose_secret()).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")))
-        .execute(&mut admin)
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DATABASE}"))).execute(&mut admin).await?;
-    let database_url = with_database(options.database_url.expose_secret(), DATABASE);
+    let database_url = super::fresh_database(options.database_url.expose_secret(), DATABASE).await?;
 
     let (limit, latency, jitter, worker_rate) = if options.unlimited {
         (1_000_000, Duration::ZERO, Duration::ZERO, 10_000)
@@ -143,7 +134,7 @@ pub async fn run(options: BenchOptions) -> Result<String, OpsError> {
         let consumer_channel = connection.create_channel().await?;
         let rate = bare_consume(&consumer_channel, &bare.queue, options.jobs).await?;
         let _ = consumer_channel.close(200, "done".into()).await;
-        delete(&channel, &bare).await;
+        crate::queue::delete(&channel, &bare).await;
         Some(rate)
     } else {
         None
@@ -290,18 +281,9 @@ pub async fn run(options: BenchOptions) -> Result<String, OpsError> {
             100.0 * jobs_per_second / bare
         );
     }
-    delete(&channel, &topology).await;
+    crate::queue::delete(&channel, &topology).await;
     let _ = channel.close(200, "done".into()).await;
     let _ = connection.close(200, "done".into()).await;
     pool.close().await;
     Ok(out)
-}
-
-async fn delete(channel: &Channel, topology: &Topology) {
-    for queue in [&topology.queue, &topology.dead_letter_queue] {
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-    }
-    for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
-        let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
-    }
 }

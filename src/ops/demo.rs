@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::QueueDeleteOptions;
 use secrecy::{ExposeSecret, SecretString};
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::OpsError;
@@ -47,20 +47,6 @@ fn demo_topology() -> Topology {
     }
 }
 
-/// The same server URL with another database name.
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let root = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{root}/{name}?{query}"),
-        None => format!("{root}/{name}"),
-    }
-}
-
 /// Job bodies: mostly one to four tags, one in fifty over ten tags (several
 /// calls), a few for poison accounts, and a few that are not valid jobs.
 fn workload(jobs: u64) -> Vec<(String, Vec<u8>)> {
@@ -81,12 +67,7 @@ fn workload(jobs: u64) -> Vec<(String, Vec<u8>)> {
 
 pub async fn run(options: DemoOptions) -> Result<String, OpsError> {
     // A database of its own, fresh for every run.
-    let mut admin = PgConnection::connect(options.database_url.expose_secret()).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")))
-        .execute(&mut admin)
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DEMO_DATABASE}"))).execute(&mut admin).await?;
-    let database_url = with_database(options.database_url.expose_secret(), DEMO_DATABASE);
+    let database_url = super::fresh_database(options.database_url.expose_secret(), DEMO_DATABASE).await?;
 
     // Fresh queues of its own.
     let topology = demo_topology();
@@ -210,12 +191,7 @@ pub async fn run(options: DemoOptions) -> Result<String, OpsError> {
     );
     let _ = writeln!(out, "\nThe demo's database {DEMO_DATABASE} is kept for you to explore.");
 
-    for queue in [&topology.queue, &topology.dead_letter_queue] {
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-    }
-    for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
-        let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
-    }
+    crate::queue::delete(&channel, &topology).await;
     let _ = connection.close(200, "demo done".into()).await;
     Ok(out)
 }
@@ -240,6 +216,7 @@ mod tests {
 
     #[test]
     fn database_urls_and_redaction() {
+        use super::super::with_database;
         assert_eq!(
             with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
             "postgres://postgres@127.0.0.1:5432/x"

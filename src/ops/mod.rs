@@ -11,6 +11,32 @@ pub mod demo;
 pub mod enqueue;
 pub mod replay;
 
+/// The same server URL with another database name.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let root = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{root}/{name}?{query}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+/// Drops and recreates database `name` on the server of `server_url` (a
+/// command's own scratch database) and returns its URL.
+pub async fn fresh_database(server_url: &str, name: &str) -> Result<String, OpsError> {
+    use sqlx::Connection as _;
+    let mut admin = sqlx::PgConnection::connect(server_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+        .execute(&mut admin)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+    Ok(with_database(server_url, name))
+}
+
 /// Errors of the operator commands.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {

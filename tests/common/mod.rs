@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
@@ -343,13 +342,7 @@ impl TestEnv {
 
     /// Deletes this test's queues, exchanges and database.
     pub async fn cleanup(self) {
-        let topology = &self.topology;
-        for queue in [&topology.queue, &topology.dead_letter_queue] {
-            let _ = self.channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-        }
-        for exchange in [&topology.exchange, &topology.dead_letter_exchange] {
-            let _ = self.channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
-        }
+        tagsweep::queue::delete(&self.channel, &self.topology).await;
         let _ = self.connection.close(200, "done".into()).await;
         self.pool.close().await;
         if let Ok(mut admin) = PgConnection::connect(&self.admin_database_url).await {

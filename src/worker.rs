@@ -90,7 +90,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     };
     // PostgreSQL first: a worker that consumes before it can record would
     // only hand every message back, and each return spends the delivery limit.
-    let store = patiently("PostgreSQL", config.connect_timeout, || Store::connect(&config.database_url, 10)).await?;
+    let store =
+        patiently("PostgreSQL", config.connect_timeout, || Store::connect_for_worker(&config.database_url, 10)).await?;
     store.migrate().await?;
     health.set_database(true);
 

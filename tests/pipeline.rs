@@ -216,3 +216,57 @@ async fn an_invalid_job_is_dead_lettered_at_once_and_the_rest_flow() {
     assert_eq!(env.simulator().stats().calls, 1, "the invalid job never reached the API");
     env.cleanup().await;
 }
+
+/// The admission check asks the job table about every delivery. Planned
+/// once while the table was nearly empty, PostgreSQL would keep a
+/// sequential scan for good (no ANALYZE where autovacuum is off): at
+/// 200,000 rows that cost ~500 ms a chunk and held a bench to 15 calls/s.
+/// Here the worker's one connection sees the table young, then grown, and
+/// the check must still go through the primary key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_check_stays_an_index_lookup_as_the_table_grows() {
+    let env = TestEnv::new().await;
+    let store = tagsweep::store::Store::connect_for_worker(&env.database_url.clone().into(), 1).await.unwrap();
+    let pool = store.pool().clone();
+    store.migrate().await.unwrap();
+    let grow = async |from: i32, to: i32| {
+        sqlx::query(
+            "INSERT INTO tag_removal_jobs (job_id, account, tags, status, attempts, received_at, finished_at)
+             SELECT 'grown-' || g, 'user', ARRAY['t'], 'succeeded', 1, now(), now() FROM generate_series($1, $2) g",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&pool)
+        .await
+        .unwrap();
+    };
+    // A young table of a few pages: the moment a generic plan would be cached.
+    grow(1, 500).await;
+    let probe: Vec<String> = (0..512).map(|i| format!("probe-{i}")).collect();
+    for _ in 0..10 {
+        assert!(store.terminal_ids(&probe).await.unwrap().is_empty());
+    }
+
+    grow(501, 100_000).await;
+    let scans = async || -> (i64, i64) {
+        // Counters reach the statistics view when the backend flushes them.
+        sqlx::query("SELECT pg_stat_force_next_flush()").execute(&pool).await.unwrap();
+        sqlx::query_as(
+            "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'tag_removal_jobs'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let (seq_before, idx_before) = scans().await;
+    let mut known = probe.clone();
+    known.push("grown-77".into());
+    for _ in 0..5 {
+        assert_eq!(store.terminal_ids(&known).await.unwrap(), HashSet::from(["grown-77".to_owned()]));
+    }
+    let (seq_after, idx_after) = scans().await;
+    assert_eq!(seq_after, seq_before, "the check scanned the whole table");
+    assert!(idx_after >= idx_before + 5, "the check used the primary key: {idx_before} → {idx_after}");
+    pool.close().await;
+    env.cleanup().await;
+}

@@ -45,6 +45,7 @@ pub mod names {
     pub const BROKER_ACKS: &str = "tagsweep_broker_acks_total";
     /// Dead-letter publish plus the one statement that records a group.
     pub const PERSIST_LATENCY: &str = "tagsweep_persist_seconds";
+    pub const PERSIST_ROWS: &str = "tagsweep_persist_rows";
     /// Statements the worker sent to PostgreSQL (admission checks and writes).
     pub const DB_STATEMENTS: &str = "tagsweep_db_statements_total";
 }
@@ -83,6 +84,7 @@ fn describe() {
     describe_histogram!(names::PACING_WAIT, metrics::Unit::Seconds, "Wait for a pacing slot");
     describe_gauge!(names::JOBS_IN_HAND, "Jobs taken from the queue and not yet acknowledged");
     describe_histogram!(names::PERSIST_LATENCY, metrics::Unit::Seconds, "Recording a group of finished jobs");
+    describe_histogram!(names::PERSIST_ROWS, metrics::Unit::Count, "Job rows recorded by one statement");
 }
 
 /// What /readyz reports: ready only while both connections are up.

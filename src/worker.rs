@@ -164,6 +164,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         next_key: 0,
         calls_out: 0,
         persists_out: 0,
+        waiting: Group::default(),
         reports_tx,
         persisted_tx,
         summary: Summary::default(),
@@ -456,7 +457,24 @@ impl Held {
     }
 }
 
-/// A group of finished jobs on its way to the broker and the database.
+/// Persist tasks out at once: one recording while the next group fills,
+/// and a second so that a slow dead-letter confirm does not hold up the
+/// rows behind it.
+const MAX_PERSISTS: usize = 2;
+
+/// Finished jobs waiting for a persist task.
+#[derive(Debug, Default)]
+struct Group {
+    calls: Vec<CallRow>,
+    rows: Vec<JobRow>,
+    letters: Vec<DeadLetter>,
+    tags: Vec<u64>,
+    job_ids: Vec<String>,
+    succeeded: u64,
+    dead_lettered: u64,
+}
+
+/// A group of finished jobs, back from the broker and the database.
 #[derive(Debug)]
 struct Persisted {
     /// Delivery tags to acknowledge (originals and copies), or to return
@@ -487,6 +505,8 @@ struct Coordinator {
     next_key: u64,
     calls_out: usize,
     persists_out: usize,
+    /// Finished, not yet handed to a persist task (see [`MAX_PERSISTS`]).
+    waiting: Group,
     reports_tx: mpsc::UnboundedSender<BatchReport>,
     persisted_tx: mpsc::UnboundedSender<Persisted>,
     summary: Summary,
@@ -832,12 +852,11 @@ impl Coordinator {
         report.fatal
     }
 
-    /// Hands finished jobs (and the calls that finished them) to a persist task.
+    /// Adds finished jobs (and the calls that finished them) to the group
+    /// waiting to be recorded.
     fn finish(&mut self, calls: Vec<CallRow>, keys: Vec<u64>) {
-        let mut rows = Vec::with_capacity(keys.len());
-        let mut letters = Vec::new();
-        let mut tags = Vec::with_capacity(keys.len());
-        let mut job_ids = Vec::with_capacity(keys.len());
+        let group = &mut self.waiting;
+        group.calls.extend(calls);
         for key in keys {
             let Some(held) = self.jobs.remove(&key) else {
                 continue;
@@ -845,18 +864,32 @@ impl Coordinator {
             // Keep the id claimed until the row is committed: a copy that
             // arrives meanwhile must wait for this outcome, not resend.
             self.by_id.insert(held.job_id.clone(), Claim::Recording);
-            job_ids.push(held.job_id.clone());
+            group.job_ids.push(held.job_id.clone());
             let (row, letter, delivery_tags) = held.row_and_letter();
-            rows.push(row);
-            letters.extend(letter);
-            tags.extend(delivery_tags);
+            if row.status == store::SUCCEEDED {
+                group.succeeded += 1;
+            } else {
+                group.dead_lettered += 1;
+            }
+            group.rows.push(row);
+            group.letters.extend(letter);
+            group.tags.extend(delivery_tags);
         }
-        if calls.is_empty() && rows.is_empty() {
+        self.start_persists();
+    }
+
+    /// Starts a persist task for the waiting group unless
+    /// [`MAX_PERSISTS`] are out already; whatever finishes meanwhile joins
+    /// the next group. Under load a group carries several batches, so the
+    /// database sees one statement (and one commit) for all of them
+    /// instead of a crowd of backends each committing 100 rows.
+    fn start_persists(&mut self) {
+        if self.persists_out >= MAX_PERSISTS || (self.waiting.calls.is_empty() && self.waiting.rows.is_empty()) {
             return;
         }
-        let succeeded = rows.iter().filter(|r| r.status == store::SUCCEEDED).count() as u64;
-        let dead_lettered = rows.len() as u64 - succeeded;
+        let Group { calls, rows, letters, tags, job_ids, succeeded, dead_lettered } = std::mem::take(&mut self.waiting);
         self.persists_out += 1;
+        metrics::histogram!(names::PERSIST_ROWS).record(rows.len() as f64);
         let store = self.store.clone();
         let dead_letters = self.dead_letters.clone();
         let tx = self.persisted_tx.clone();
@@ -871,6 +904,7 @@ impl Coordinator {
     }
 
     async fn on_persisted(&mut self, done: Persisted) {
+        self.start_persists();
         let mut tags = done.tags;
         for id in &done.job_ids {
             self.by_id.remove(id);

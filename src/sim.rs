@@ -213,6 +213,12 @@ impl Simulator {
         self.ledger().tags.get(account).cloned().unwrap_or_default()
     }
 
+    /// Successful (account, tag) removals so far, repeats included: cheap
+    /// enough to poll while a bench runs.
+    pub fn removals(&self) -> u64 {
+        self.ledger().removed.len() as u64
+    }
+
     /// How many times the removal of this tag from this account succeeded.
     pub fn removal_count(&self, account: &str, tag: &str) -> u32 {
         self.ledger().removed.iter().filter(|(a, t)| a == account && t == tag).count() as u32

@@ -146,8 +146,8 @@ impl Store {
         // Only the primary key in the condition: with the status in it, a
         // planner working from stale statistics (a young, fast-growing
         // table) picked the status index and scanned every row. The status
-        // is filtered here instead.
-        //
+        // is filtered here instead. (The worker's connections also have
+        // sequential scans off: see `connect_for_worker`.)
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT job_id, status FROM tag_removal_jobs WHERE job_id = ANY($1)")
                 .bind(ids)

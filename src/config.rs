@@ -188,11 +188,12 @@ pub struct RunArgs {
     #[arg(long, env = "TAGSWEEP_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
     /// Deliveries held at once. A delivery is in hand from receipt to its
-    /// ack (~150–300 ms at 100 calls/s), so the window must cover that
-    /// cycle at 10,000 jobs/s with room to spare: 2000 left call slots
-    /// idle now and then (95–96 calls/s), 4000 keeps them busy (96–97) and
-    /// lifts the unlimited rate by 40% (see README, Performance).
-    #[arg(long, env = "TAGSWEEP_PREFETCH", default_value_t = 4000)]
+    /// ack (~150 ms at 100 calls/s), so 2000 covers 10,000 jobs/s with a
+    /// little slack. 4000 keeps the call slots busier (a per cent more on
+    /// a deep backlog, 40% more with the limit lifted), but with no slack
+    /// every jitter shows at the server: a 1,000,000-job run at 4000 broke
+    /// the limit five times and grew to 55 MiB (see README, Performance).
+    #[arg(long, env = "TAGSWEEP_PREFETCH", default_value_t = 2000)]
     pub prefetch: u16,
     #[arg(long, env = "TAGSWEEP_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,

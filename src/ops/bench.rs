@@ -4,7 +4,8 @@
 //! one or more real worker processes (this same binary, `tagsweep run`), and
 //! drains the queue. It reports what the issue asks to be measured: jobs/s,
 //! calls/s, the peak calls in any one-second window as the simulator saw
-//! them arrive, the workers' CPU seconds and peak RSS (from /proc), latency
+//! them arrive, the workers' CPU seconds and RSS (peak, and at each quarter
+//! of the drain, from /proc), latency
 //! from first receipt to terminal row, and database statements and ack
 //! frames per batch (from the workers' own metrics). `--unlimited` lifts the
 //! API's limit and latency to show the worker's own ceiling, beside a bare
@@ -176,16 +177,27 @@ pub async fn run(options: BenchOptions) -> Result<String, OpsError> {
     let pool = PgPool::connect(&database_url).await?;
     let total = options.jobs as i64;
     let mut rss_peak = 0;
+    // The largest worker's RSS as the drain passes each quarter, to show
+    // whether memory stays flat over a long run.
+    let mut rss_by_quarter = [None; 4];
     loop {
+        let mut rss_now = 0;
         for worker in &workers {
             if let Some((_, rss)) = worker.id().and_then(usage) {
                 rss_peak = rss_peak.max(rss);
+                rss_now = rss_now.max(rss);
+            }
+        }
+        let removed = sim.simulator.removals();
+        for (quarter, slot) in rss_by_quarter.iter_mut().enumerate() {
+            if slot.is_none() && removed * 4 >= (quarter as u64 + 1) * total as u64 {
+                *slot = Some(rss_now);
             }
         }
         // The simulator's count first: a count(*) over the job table every
         // second is a scan of a growing table, and its CPU bursts showed up
         // as jitter in the very figures measured here.
-        if sim.simulator.removals() >= total as u64 {
+        if removed >= total as u64 {
             let done: i64 =
                 sqlx::query_scalar("SELECT count(*) FROM tag_removal_jobs").fetch_one(&pool).await.unwrap_or(0);
             if done >= total {
@@ -266,7 +278,16 @@ pub async fn run(options: BenchOptions) -> Result<String, OpsError> {
     }
     let _ = writeln!(out, "  refused calls    {:?}", stats.failed_by_code);
     let _ = writeln!(out, "  worker CPU       {cpu:.2} s = {:.2} cores on average", cpu / span);
-    let _ = writeln!(out, "  worker peak RSS  {:.1} MiB", rss_peak as f64 / 1024.0);
+    let quarters: Vec<String> = rss_by_quarter
+        .iter()
+        .map(|rss| rss.map_or_else(|| "-".to_owned(), |kib| format!("{:.1}", kib as f64 / 1024.0)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  worker peak RSS  {:.1} MiB (at 25/50/75/100% drained: {} MiB)",
+        rss_peak as f64 / 1024.0,
+        quarters.join(" / ")
+    );
     let _ = writeln!(out, "  receipt→row      p50 {:.0} ms, p99 {:.0} ms", p50 * 1000.0, p99 * 1000.0);
     let _ = writeln!(
         out,

@@ -305,6 +305,11 @@ impl ApiClient {
         &self.signer
     }
 
+    /// The SDKAppID the calls are made for, as it goes in the query.
+    pub fn sdkappid(&self) -> &str {
+        &self.sdkappid
+    }
+
     /// The endpoint to call now: the backup while the primary is known to
     /// be unreachable, the primary again once `failback_after` has passed.
     fn current_url(&self) -> (usize, &str) {

@@ -56,6 +56,16 @@ async fn sigkill_at_random_moments_loses_nothing() {
     // Let a last, undisturbed worker finish whatever is left.
     let worker = env.spawn_worker(env.config());
     env.wait_for_rows(TOTAL, Duration::from_secs(180)).await;
+    // Every row is in, but copies redelivered by the kills may still wait in
+    // the queue behind the last new job: the worker acknowledges each as a
+    // duplicate once it reaches it. Stopping before that would hand them
+    // back and leave them queued, which says nothing about lost work.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while env.depth(&env.topology.queue).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the redelivered copies are never drained");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     worker.stop().await.expect("clean stop");
 
     let stats = env.simulator().stats();

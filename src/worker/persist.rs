@@ -1,0 +1,138 @@
+//! Recording finished jobs, in CONTRACT §3's order: dead letters published
+//! and confirmed first, then one statement for every row of the group.
+//! Only after that does the coordinator acknowledge the originals, so a
+//! crash at any point leaves the message with the broker.
+//!
+//! The [`Persister`] owns the persist tasks in flight. At most
+//! [`MAX_PERSISTS`] run at once; whatever finishes meanwhile joins the
+//! next group, so under load the database sees one statement (and one
+//! commit) for several batches instead of a crowd of backends each
+//! committing 100 rows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::ledger::Group;
+use crate::config::RetryPolicy;
+use crate::queue::{DeadLetter, DeadLetters};
+use crate::store::{CallRow, JobRow, Store};
+use crate::telemetry::{Health, names};
+
+/// Persist tasks out at once: one recording while the next group fills,
+/// and a second so that a slow dead-letter confirm does not hold up the
+/// rows behind it.
+pub(super) const MAX_PERSISTS: usize = 2;
+
+/// A group of finished jobs, back from the broker and the database.
+#[derive(Debug)]
+pub(super) struct Persisted {
+    /// Delivery tags to acknowledge (originals and copies), or to return
+    /// when recording failed.
+    pub(super) tags: Vec<u64>,
+    pub(super) job_ids: Vec<String>,
+    pub(super) succeeded: u64,
+    pub(super) dead_lettered: u64,
+    pub(super) ok: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct Persister {
+    store: Store,
+    dead_letters: DeadLetters,
+    done: mpsc::UnboundedSender<Persisted>,
+    /// Gives up the database retries at shutdown.
+    stop: CancellationToken,
+    health: Arc<Health>,
+    out: usize,
+}
+
+impl Persister {
+    pub(super) fn new(
+        store: Store,
+        dead_letters: DeadLetters,
+        done: mpsc::UnboundedSender<Persisted>,
+        stop: CancellationToken,
+        health: Arc<Health>,
+    ) -> Self {
+        Persister { store, dead_letters, done, stop, health, out: 0 }
+    }
+
+    pub(super) fn has_room(&self) -> bool {
+        self.out < MAX_PERSISTS
+    }
+
+    /// Persist tasks not yet back.
+    pub(super) fn out(&self) -> usize {
+        self.out
+    }
+
+    /// A task came back (its [`Persisted`] was received).
+    pub(super) fn returned(&mut self) {
+        self.out -= 1;
+    }
+
+    pub(super) fn start(&mut self, group: Group) {
+        let Group { calls, rows, letters, tags, job_ids, succeeded, dead_lettered } = group;
+        self.out += 1;
+        metrics::histogram!(names::PERSIST_ROWS).record(rows.len() as f64);
+        let (store, dead_letters, done) = (self.store.clone(), self.dead_letters.clone(), self.done.clone());
+        let (stop, health) = (self.stop.clone(), self.health.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let ok = persist(&store, &dead_letters, &calls, &rows, &letters, &stop, &health).await;
+            metrics::histogram!(names::PERSIST_LATENCY).record(started.elapsed().as_secs_f64());
+            let _ = done.send(Persisted { tags, job_ids, succeeded, dead_lettered, ok });
+        });
+    }
+}
+
+/// Dead letters first (confirmed), then one statement for every row. The
+/// database write is retried while it fails, until shutdown gives up on it
+/// (the jobs then return to the queue: at worst dead-lettered twice).
+async fn persist(
+    store: &Store,
+    dead_letters: &DeadLetters,
+    calls: &[CallRow],
+    rows: &[JobRow],
+    letters: &[DeadLetter],
+    stop: &CancellationToken,
+    health: &Health,
+) -> bool {
+    if !letters.is_empty()
+        && let Err(error) = dead_letters.publish(letters).await
+    {
+        tracing::error!("dead-letter publish failed: {error}; the jobs return to the queue");
+        return false;
+    }
+    metrics::counter!(names::DEAD_LETTERS).increment(letters.len() as u64);
+    let mut backoff = RetryPolicy {
+        initial: Duration::from_millis(100),
+        max_interval: Duration::from_secs(5),
+        max_elapsed: Duration::MAX,
+    }
+    .backoff();
+    loop {
+        metrics::counter!(names::DB_STATEMENTS).increment(1);
+        match store.record(calls, rows).await {
+            Ok(()) => {
+                health.set_database(true);
+                return true;
+            }
+            Err(error) => {
+                health.set_database(false);
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!("recording {} jobs failed ({error}); retrying in {delay:?}", rows.len());
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(delay) => continue,
+                }
+                // Stopping: one last try, then hand the jobs back.
+                return store.record(calls, rows).await.is_ok();
+            }
+        }
+    }
+}

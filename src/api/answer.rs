@@ -1,0 +1,195 @@
+//! What each answer means: the classification of Tencent's error codes and
+//! HTTP statuses into what the worker does next (retry, re-sign, stop, or
+//! find the job at fault), after `tencent-im-remove-tag.md` ("Error codes").
+
+use serde::{Deserialize, Serialize};
+
+/// What went wrong with a call, as the dead-letter headers and the job
+/// table record it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The API's ErrorCode, else the HTTP status, else 0.
+    pub error_code: i32,
+    pub error_info: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.error_code, self.error_info)
+    }
+}
+
+/// A call that did not succeed, by what the worker must do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// Retry with backoff: 91000, 502/503/504, timeouts, connection errors.
+    #[error("transient failure ({0})")]
+    Transient(Failure),
+    /// Retry later, and slow every call of the worker down.
+    #[error("rate limited ({0})")]
+    RateLimited(Failure),
+    /// 70001/70052: sign anew and try once more.
+    #[error("stale UserSig ({0})")]
+    StaleSignature(Failure),
+    /// No job is at fault: the operator must fix the key, the admin
+    /// account, the region or the app's edition.
+    #[error("credential or configuration problem ({0})")]
+    Credential(Failure),
+    /// This request will never succeed as sent: some job in it is at fault.
+    #[error("permanent failure ({0})")]
+    Permanent(Failure),
+}
+
+impl CallError {
+    pub fn failure(&self) -> &Failure {
+        match self {
+            CallError::Transient(f)
+            | CallError::RateLimited(f)
+            | CallError::StaleSignature(f)
+            | CallError::Credential(f)
+            | CallError::Permanent(f) => f,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CallError::Transient(_) | CallError::RateLimited(_))
+    }
+
+    /// A short label for metrics and the call table.
+    pub fn class(&self) -> &'static str {
+        match self {
+            CallError::Transient(_) => "transient",
+            CallError::RateLimited(_) => "rate_limited",
+            CallError::StaleSignature(_) => "stale_signature",
+            CallError::Credential(_) => "credential",
+            CallError::Permanent(_) => "permanent",
+        }
+    }
+
+    /// The operator-facing hint for a credential or configuration stop.
+    pub fn what_to_fix(&self) -> &'static str {
+        match self.failure().error_code {
+            90009 => "the identifier is not an app admin: set --identifier/TAGSWEEP_IDENTIFIER to an admin account",
+            90045 => "\"Push to all users\" is not enabled: it needs the Premium edition and the console switch",
+            70016 | 70020 => "the SDKAppID does not live in this region: check --region/TAGSWEEP_REGION",
+            70001 | 70052 => "the UserSig is expired or invalidated: renew --usersig or give --secret-key",
+            404 | 405 => "the API base URL is wrong: check --api-base-url/--region",
+            70002..=70014 | 70050 | 70051 | 70398 | 70403 | 72001 => {
+                "the UserSig was refused: check --secret-key (or --usersig), --sdkappid and --identifier"
+            }
+            _ => "check the SDKAppID, the secret key or UserSig, the identifier and the region",
+        }
+    }
+}
+
+/// Classifies a non-zero ErrorCode of an HTTP 200 answer, per the error
+/// table of `tencent-im-remove-tag.md`. Unknown codes are permanent: the
+/// bisection then isolates the job at fault instead of retrying forever.
+pub fn classify_error_code(failure: Failure) -> CallError {
+    match failure.error_code {
+        91000 | 90992 | 90994 | 90995 | 60008 | 60013 | 60014 | 70169 | 70202 | 70500 => CallError::Transient(failure),
+        60007 | 60011 | 60018 | 60019 => CallError::RateLimited(failure),
+        70001 | 70052 => CallError::StaleSignature(failure),
+        60004 | 60005 | 60006 | 60010 | 60012 | 60016 | 60017 | 60020 | 60021 | 70002 | 70003 | 70005 | 70009
+        | 70013 | 70014 | 70016 | 70020 | 70050 | 70051 | 70398 | 70403 | 72001 | 90009 | 90045 => {
+            CallError::Credential(failure)
+        }
+        _ => CallError::Permanent(failure),
+    }
+}
+
+/// Classifies an HTTP status other than 200.
+pub fn classify_http_status(status: u16, body_excerpt: &str) -> CallError {
+    let failure = Failure { error_code: i32::from(status), error_info: format!("HTTP {status}: {body_excerpt}") };
+    match status {
+        429 => CallError::RateLimited(failure),
+        401 | 403 | 404 | 405 => CallError::Credential(failure),
+        500..=599 | 408 => CallError::Transient(failure),
+        _ => CallError::Permanent(failure),
+    }
+}
+
+/// The answer's body on HTTP 200.
+#[derive(Debug, Deserialize)]
+struct Answer {
+    #[serde(rename = "ActionStatus", default)]
+    action_status: String,
+    #[serde(rename = "ErrorCode", default)]
+    error_code: i64,
+    #[serde(rename = "ErrorInfo", default)]
+    error_info: String,
+}
+
+/// Turns an HTTP 200 body into an outcome.
+pub fn interpret(body: &[u8]) -> Result<(), CallError> {
+    match serde_json::from_slice::<Answer>(body) {
+        Ok(answer) if answer.error_code == 0 && answer.action_status == "OK" => Ok(()),
+        Ok(answer) if answer.error_code == 0 => Err(CallError::Transient(Failure {
+            error_code: 200,
+            error_info: format!("ActionStatus {:?} with ErrorCode 0: {}", answer.action_status, answer.error_info),
+        })),
+        Ok(answer) => Err(classify_error_code(Failure {
+            error_code: i32::try_from(answer.error_code).unwrap_or(i32::MAX),
+            error_info: answer.error_info,
+        })),
+        // A proxy's error page or a truncated answer: the request may not
+        // have reached Tencent at all, so it is worth another try.
+        Err(_) => Err(CallError::Transient(Failure {
+            error_code: 200,
+            error_info: format!("HTTP 200 with a body that is not the API's JSON: {}", excerpt(body)),
+        })),
+    }
+}
+
+pub(super) fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class_of(code: i32) -> &'static str {
+        classify_error_code(Failure { error_code: code, error_info: String::new() }).class()
+    }
+
+    #[test]
+    fn error_table() {
+        for code in [91000, 90992, 90994, 90995, 60008, 60013, 60014, 70169, 70202, 70500] {
+            assert_eq!(class_of(code), "transient", "{code}");
+        }
+        for code in [60007, 60011, 60018, 60019] {
+            assert_eq!(class_of(code), "rate_limited", "{code}");
+        }
+        assert_eq!(class_of(70001), "stale_signature");
+        assert_eq!(class_of(70052), "stale_signature");
+        for code in [
+            60004, 60005, 60006, 60010, 60012, 60016, 60017, 60020, 60021, 70002, 70003, 70005, 70009, 70013, 70014,
+            70016, 70020, 70050, 70051, 70398, 70403, 72001, 90009, 90045,
+        ] {
+            assert_eq!(class_of(code), "credential", "{code}");
+        }
+        for code in [60002, 60003, 60015, 70107, 70206, 70402, 90001, 90018, 90020, 90032, 90040, 12345] {
+            assert_eq!(class_of(code), "permanent", "{code}");
+        }
+    }
+
+    #[test]
+    fn http_statuses() {
+        assert_eq!(classify_http_status(502, "").class(), "transient");
+        assert_eq!(classify_http_status(503, "").class(), "transient");
+        assert_eq!(classify_http_status(504, "").class(), "transient");
+        assert_eq!(classify_http_status(429, "").class(), "rate_limited");
+        assert_eq!(classify_http_status(404, "").class(), "credential");
+        assert_eq!(classify_http_status(502, "").failure().error_code, 502);
+    }
+
+    #[test]
+    fn answers() {
+        assert_eq!(interpret(br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#), Ok(()));
+        let err = interpret(br#"{"ActionStatus":"FAIL","ErrorInfo":"busy","ErrorCode":91000}"#).unwrap_err();
+        assert_eq!(err, CallError::Transient(Failure { error_code: 91000, error_info: "busy".into() }));
+        assert_eq!(interpret(b"<html>bad gateway</html>").unwrap_err().class(), "transient");
+    }
+}

@@ -1,0 +1,213 @@
+//! The HTTP client: builds the request (URL query with a fresh `random`
+//! and the current UserSig), sends it, fails over to the backup domain, and
+//! reports what happened. Errors are rendered `without_url()`: the query
+//! carries the UserSig.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::Serialize;
+
+use super::REMOVE_TAG_PATH;
+use super::answer::{CallError, Failure, classify_http_status, excerpt, interpret};
+use crate::batch::Entry;
+use crate::usersig::Signer;
+
+/// One `UserTags` entry as the API wants it.
+#[derive(Debug, Serialize)]
+struct UserTags<'a> {
+    #[serde(rename = "To_Account")]
+    to_account: &'a str,
+    #[serde(rename = "Tags")]
+    tags: &'a [String],
+}
+
+#[derive(Debug, Serialize)]
+struct RemoveTagRequest<'a> {
+    #[serde(rename = "UserTags")]
+    user_tags: Vec<UserTags<'a>>,
+}
+
+/// What one HTTP call did, for the call table and the retry loop.
+#[derive(Debug, Clone)]
+pub struct CallReport {
+    pub started_at: DateTime<Utc>,
+    pub latency: Duration,
+    pub http_status: Option<u16>,
+    pub outcome: Result<(), CallError>,
+}
+
+/// Settings of the client; the base URL is scheme://host[:port], no path.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub base_url: String,
+    /// Where calls go while the primary cannot be resolved or connected to.
+    pub backup_url: Option<String>,
+    /// How long to stay on the backup before trying the primary again.
+    pub failback_after: Duration,
+    pub sdkappid: u64,
+    pub identifier: String,
+    pub request_timeout: Duration,
+}
+
+impl ClientSettings {
+    /// Settings for one base URL, no backup.
+    pub fn new(base_url: impl Into<String>, sdkappid: u64, identifier: impl Into<String>) -> Self {
+        ClientSettings {
+            base_url: base_url.into(),
+            backup_url: None,
+            failback_after: Duration::from_secs(60),
+            sdkappid,
+            identifier: identifier.into(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    /// Primary and optional backup URL of the endpoint.
+    urls: Arc<[String]>,
+    /// Which of `urls` is in use, and since when.
+    active: Arc<std::sync::Mutex<(usize, Instant)>>,
+    failback_after: Duration,
+    sdkappid: String,
+    identifier: String,
+    signer: Arc<Signer>,
+}
+
+impl ApiClient {
+    pub fn new(settings: &ClientSettings, signer: Arc<Signer>) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(256)
+            .user_agent(concat!("tagsweep/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let url = |base: &str| format!("{}{REMOVE_TAG_PATH}", base.trim_end_matches('/'));
+        let urls: Vec<String> =
+            std::iter::once(&settings.base_url).chain(&settings.backup_url).map(|b| url(b)).collect();
+        Ok(ApiClient {
+            http,
+            urls: urls.into(),
+            active: Arc::new(std::sync::Mutex::new((0, Instant::now()))),
+            failback_after: settings.failback_after,
+            sdkappid: settings.sdkappid.to_string(),
+            identifier: settings.identifier.clone(),
+            signer,
+        })
+    }
+
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    /// The SDKAppID the calls are made for, as it goes in the query.
+    pub fn sdkappid(&self) -> &str {
+        &self.sdkappid
+    }
+
+    /// The endpoint to call now: the backup while the primary is known to
+    /// be unreachable, the primary again once `failback_after` has passed.
+    fn current_url(&self) -> (usize, &str) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.0 != 0 && active.1.elapsed() >= self.failback_after {
+            tracing::info!("trying the primary API endpoint again");
+            *active = (0, Instant::now());
+        }
+        (active.0, &self.urls[active.0])
+    }
+
+    /// After a failure to resolve or connect to `index`, moves to the other
+    /// endpoint (if there is one) for the next attempt.
+    fn fail_over_from(&self, index: usize) {
+        if self.urls.len() < 2 {
+            return;
+        }
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.0 == index {
+            let next = (index + 1) % self.urls.len();
+            let which = if next == 0 { "primary" } else { "backup" };
+            tracing::warn!("API endpoint unreachable; failing over to the {which}");
+            *active = (next, Instant::now());
+        }
+    }
+
+    /// Sends one `im_remove_tag` request for these entries. Never fails:
+    /// every way a call can go wrong is an outcome in the report.
+    pub async fn remove_tags(&self, entries: &[Entry]) -> CallReport {
+        let body = RemoveTagRequest {
+            user_tags: entries.iter().map(|e| UserTags { to_account: &e.account, tags: &e.tags }).collect(),
+        };
+        let usersig = self.signer.current();
+        let random = rand::random::<u32>().to_string();
+        let started_at = Utc::now();
+        let clock = Instant::now();
+        let (endpoint, url) = self.current_url();
+        let sent = self
+            .http
+            .post(url)
+            .query(&[
+                ("usersig", usersig.expose_secret()),
+                ("identifier", self.identifier.as_str()),
+                ("sdkappid", self.sdkappid.as_str()),
+                ("random", random.as_str()),
+                ("contenttype", "json"),
+            ])
+            .json(&body)
+            .send()
+            .await;
+        let (http_status, outcome) = match sent {
+            Err(e) => {
+                if e.is_connect() {
+                    self.fail_over_from(endpoint);
+                }
+                (None, Err(CallError::Transient(network_failure(e))))
+            }
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await;
+                let outcome = match bytes {
+                    Err(e) => Err(CallError::Transient(network_failure(e))),
+                    Ok(bytes) if status == 200 => interpret(&bytes),
+                    Ok(bytes) => Err(classify_http_status(status, &excerpt(&bytes))),
+                };
+                (Some(status), outcome)
+            }
+        };
+        CallReport { started_at, latency: clock.elapsed(), http_status, outcome }
+    }
+}
+
+/// Describes a network failure without its URL (it carries the UserSig).
+/// The source chain (hyper, io) names hosts and causes, never the query.
+fn network_failure(error: reqwest::Error) -> Failure {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else if error.is_body() || error.is_decode() {
+        "the answer broke off"
+    } else {
+        "request failed"
+    };
+    let error = error.without_url();
+    let mut info = format!("{kind}: {error}");
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        info.push_str(": ");
+        info.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if info.len() > 500 {
+        let mut cut = 500;
+        while !info.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        info.truncate(cut);
+    }
+    Failure { error_code: 0, error_info: info }
+}

@@ -1,0 +1,22 @@
+//! The Tencent Cloud Chat REST client for `im_remove_tag`, and the
+//! classification of its answers.
+//!
+//! Every answer becomes a [`CallReport`] whose outcome is either `Ok` or a
+//! [`CallError`] that says what the worker should do about it: retry
+//! (transient, rate-limited), re-sign (stale signature), stop (credential),
+//! or find the job at fault (permanent). The table lives in
+//! [`classify_error_code`] and [`classify_http_status`].
+//!
+//! The UserSig rides in the URL query, and reqwest's errors print their URL:
+//! every error here is rendered with `without_url()` so neither the UserSig
+//! nor anything else in the query reaches a log line.
+
+mod answer;
+mod client;
+mod region;
+
+pub use answer::{CallError, Failure, classify_error_code, classify_http_status, interpret};
+pub use client::{ApiClient, CallReport, ClientSettings};
+pub use region::Region;
+
+pub const REMOVE_TAG_PATH: &str = "/v4/all_member_push/im_remove_tag";

@@ -16,6 +16,19 @@ pub const MAX_TAG_BYTES: usize = 50;
 /// Tags per `UserTags` entry; a job with more travels in several calls.
 pub const MAX_TAGS_PER_ENTRY: usize = 10;
 
+/// How a U+0000 is written in a stored id, account or tag. PostgreSQL's
+/// `text` cannot hold the character at all, so a job carrying it is
+/// invalid (CONTRACT §2), and its row keeps the text with each U+0000
+/// replaced by these six characters: a redelivery maps to the same id.
+pub const NUL_ESCAPE: &str = "\\u0000";
+
+/// The text with every U+0000 written as [`NUL_ESCAPE`].
+pub fn escape_nul(text: &str) -> String {
+    text.replace('\0', NUL_ESCAPE)
+}
+
+const NUL_RULE: &str = "holds U+0000, which PostgreSQL cannot store";
+
 /// Where the job id came from. Only an id the producer chose lets a
 /// redelivery be recognised as the same job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +71,7 @@ pub struct InvalidJob {
 /// Parses a message body. `message_id` is the AMQP property, the fallback id.
 pub fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, InvalidJob> {
     let fallback_id = || match message_id.filter(|id| !id.is_empty() && id.len() <= MAX_JOB_ID_BYTES) {
-        Some(id) => (id.to_owned(), IdSource::MessageId),
+        Some(id) => (escape_nul(id), IdSource::MessageId),
         None => (uuid::Uuid::new_v4().to_string(), IdSource::Assigned),
     };
     let invalid = |(id, id_source): (String, IdSource), account: Option<String>, tags: Vec<String>, reason: String| {
@@ -88,41 +101,47 @@ pub fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, InvalidJob> {
 
     // Read everything that can be read before judging, so an invalid job's
     // row says as much as possible about it.
-    let id = match object.get("job_id") {
-        None | Some(Value::Null) => Ok(fallback_id()),
-        Some(Value::String(id)) if id.is_empty() => Err("job_id must not be empty".to_owned()),
+    // An id that breaks a rule is replaced by the fallback, except one that
+    // only holds U+0000: its escaped form still names the same job on
+    // every redelivery.
+    let (id, id_problem) = match object.get("job_id") {
+        None | Some(Value::Null) => (fallback_id(), None),
+        Some(Value::String(id)) if id.is_empty() => (fallback_id(), Some("job_id must not be empty".to_owned())),
         Some(Value::String(id)) if id.len() > MAX_JOB_ID_BYTES => {
-            Err(format!("job_id is {} bytes; at most {MAX_JOB_ID_BYTES}", id.len()))
+            (fallback_id(), Some(format!("job_id is {} bytes; at most {MAX_JOB_ID_BYTES}", id.len())))
         }
-        Some(Value::String(id)) => Ok((id.clone(), IdSource::Body)),
-        Some(other) => Err(format!("job_id must be a string, not {}", kind(other))),
+        Some(Value::String(id)) if id.contains('\0') => {
+            ((escape_nul(id), IdSource::Body), Some(format!("job_id {NUL_RULE}")))
+        }
+        Some(Value::String(id)) => ((id.clone(), IdSource::Body), None),
+        Some(other) => (fallback_id(), Some(format!("job_id must be a string, not {}", kind(other)))),
     };
-    let account = match object.get("account") {
-        None | Some(Value::Null) => Err("account is required".to_owned()),
-        Some(Value::String(a)) if a.is_empty() => Err("account must not be empty".to_owned()),
+    let message_id_problem = message_id.filter(|m| m.contains('\0')).map(|_| format!("message_id {NUL_RULE}"));
+    let (account, readable_account) = match object.get("account") {
+        None | Some(Value::Null) => (Err("account is required".to_owned()), None),
+        Some(Value::String(a)) if a.is_empty() => (Err("account must not be empty".to_owned()), None),
         Some(Value::String(a)) if a.len() > MAX_ACCOUNT_BYTES => {
-            Err(format!("account is {} bytes; a UserID is at most {MAX_ACCOUNT_BYTES}", a.len()))
+            (Err(format!("account is {} bytes; a UserID is at most {MAX_ACCOUNT_BYTES}", a.len())), None)
         }
-        Some(Value::String(a)) => Ok(a.clone()),
-        Some(other) => Err(format!("account must be a string, not {}", kind(other))),
+        Some(Value::String(a)) if a.contains('\0') => (Err(format!("account {NUL_RULE}")), Some(escape_nul(a))),
+        Some(Value::String(a)) => (Ok(a.clone()), Some(a.clone())),
+        Some(other) => (Err(format!("account must be a string, not {}", kind(other))), None),
     };
     let tags = read_tags(object.get("tags"));
 
-    let readable_account = account.as_ref().ok().cloned();
     let readable_tags = match &tags {
         Ok(tags) => tags.clone(),
         Err((_, partial)) => partial.clone(),
     };
-    match (id, account, tags) {
-        (Ok((id, id_source)), Ok(account), Ok(tags)) => Ok(Job { id, id_source, account, tags }),
-        (id, account, tags) => {
-            let reasons: Vec<String> = [id.as_ref().err(), account.as_ref().err(), tags.as_ref().err().map(|(r, _)| r)]
+    let (id, id_source) = id;
+    match (id_problem, message_id_problem, account, tags) {
+        (None, None, Ok(account), Ok(tags)) => Ok(Job { id, id_source, account, tags }),
+        (id_problem, message_id_problem, account, tags) => {
+            let reasons: Vec<String> = [id_problem, message_id_problem, account.err(), tags.err().map(|(r, _)| r)]
                 .into_iter()
                 .flatten()
-                .cloned()
                 .collect();
-            let id = id.unwrap_or_else(|_| fallback_id());
-            Err(invalid(id, readable_account, readable_tags, reasons.join("; ")))
+            Err(invalid((id, id_source), readable_account, readable_tags, reasons.join("; ")))
         }
     }
 }
@@ -146,6 +165,10 @@ fn read_tags(value: Option<&Value>) -> Result<Vec<String>, (String, Vec<String>)
             Value::String(t) if t.is_empty() => problems.push(format!("tags[{i}] is empty")),
             Value::String(t) if t.len() > MAX_TAG_BYTES => {
                 problems.push(format!("tags[{i}] is {} bytes; a tag is at most {MAX_TAG_BYTES}", t.len()))
+            }
+            Value::String(t) if t.contains('\0') => {
+                problems.push(format!("tags[{i}] {NUL_RULE}"));
+                tags.push(escape_nul(t));
             }
             Value::String(t) => {
                 if seen.insert(t.as_str()) {
@@ -304,5 +327,40 @@ mod tests {
         assert_eq!(invalid.id, "j1");
         assert_eq!(invalid.account.as_deref(), Some("u"));
         assert_eq!(invalid.tags, ["ok"]);
+    }
+
+    /// PostgreSQL's text refuses U+0000 anywhere; a job carrying one must be
+    /// invalid (never retried against the table) and keep a stable id.
+    #[test]
+    fn a_nul_character_in_any_field_makes_the_job_invalid_with_a_stable_escaped_id() {
+        let bodies = [
+            (r#"{"job_id":"x\u0000y","account":"a","tags":["t"]}"#, "job_id"),
+            (r#"{"job_id":"j","account":"a\u0000b","tags":["t"]}"#, "account"),
+            (r#"{"job_id":"j","account":"a","tags":["ok","t\u0000"]}"#, "tags[1]"),
+        ];
+        for (body, field) in bodies {
+            let first = parse(body.as_bytes(), None).expect_err(body);
+            let again = parse(body.as_bytes(), None).expect_err(body);
+            assert!(first.reason.contains(&format!("{field} holds U+0000")), "{body}: {}", first.reason);
+            assert_eq!(first.id, again.id, "a redelivery maps to the same row");
+            assert_eq!(first.id_source, IdSource::Body);
+            assert!(!first.id.contains('\0') && first.account.iter().chain(&first.tags).all(|t| !t.contains('\0')));
+        }
+        let invalid = parse(br#"{"job_id":"x\u0000y","account":"a\u0000","tags":["t\u0000"]}"#, None).unwrap_err();
+        assert_eq!(invalid.id, r"x\u0000y");
+        assert_eq!(invalid.account.as_deref(), Some(r"a\u0000"));
+        assert_eq!(invalid.tags, [r"t\u0000"]);
+    }
+
+    #[test]
+    fn a_nul_in_the_message_id_property_makes_the_job_invalid() {
+        let body = br#"{"account":"a","tags":["t"]}"#;
+        let invalid = parse(body, Some("m\0id")).unwrap_err();
+        assert_eq!(invalid.id, r"m\u0000id");
+        assert_eq!(invalid.id_source, IdSource::MessageId);
+        assert!(invalid.reason.contains("message_id holds U+0000"));
+        // Even when the body names the job, the property is part of the message.
+        let invalid = parse(br#"{"job_id":"j","account":"a","tags":["t"]}"#, Some("\0")).unwrap_err();
+        assert_eq!(invalid.id, "j");
     }
 }

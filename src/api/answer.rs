@@ -130,7 +130,9 @@ pub fn interpret(body: &[u8]) -> Result<(), CallError> {
         })),
         Ok(answer) => Err(classify_error_code(Failure {
             error_code: i32::try_from(answer.error_code).unwrap_or(i32::MAX),
-            error_info: answer.error_info,
+            // Whatever the server says ends up in a row: PostgreSQL's text
+            // cannot hold U+0000.
+            error_info: crate::job::escape_nul(&answer.error_info),
         })),
         // A proxy's error page or a truncated answer: the request may not
         // have reached Tencent at all, so it is worth another try.
@@ -143,7 +145,7 @@ pub fn interpret(body: &[u8]) -> Result<(), CallError> {
 
 pub(super) fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::job::escape_nul(&text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 #[cfg(test)]
@@ -191,5 +193,9 @@ mod tests {
         let err = interpret(br#"{"ActionStatus":"FAIL","ErrorInfo":"busy","ErrorCode":91000}"#).unwrap_err();
         assert_eq!(err, CallError::Transient(Failure { error_code: 91000, error_info: "busy".into() }));
         assert_eq!(interpret(b"<html>bad gateway</html>").unwrap_err().class(), "transient");
+        // A server (or proxy) text with U+0000 must still fit in a row.
+        let err = interpret(br#"{"ActionStatus":"FAIL","ErrorInfo":"no\u0000such","ErrorCode":70107}"#).unwrap_err();
+        assert_eq!(err.failure().error_info, r"no\u0000such");
+        assert!(!interpret(b"\0\0 not json").unwrap_err().failure().error_info.contains('\0'));
     }
 }

@@ -27,10 +27,12 @@ use super::startup::Started;
 use super::{Summary, WorkerError};
 
 mod intake;
+
 use crate::batch::Packer;
 use crate::config::Config;
 use crate::store::Store;
 use crate::telemetry::{Health, names};
+use intake::{Admission, Checked};
 
 /// Deliveries taken off the consumer in one go, checked against the job
 /// table with one query.
@@ -64,9 +66,20 @@ struct Coordinator {
     grace: Duration,
     /// Call tasks not yet back.
     calls_out: usize,
+    /// A chunk of deliveries waiting for its admission check.
+    admission: Option<Admission>,
+    /// Where admission checks answer.
+    checks: mpsc::UnboundedSender<Checked>,
     reports: mpsc::UnboundedSender<BatchReport>,
     summary: Summary,
     health: Arc<Health>,
+}
+
+/// What the tasks the coordinator spawned send back.
+struct Events {
+    reports: mpsc::UnboundedReceiver<BatchReport>,
+    persisted: mpsc::UnboundedReceiver<Persisted>,
+    checks: mpsc::UnboundedReceiver<Checked>,
 }
 
 /// Runs the pipeline on what [`super::startup`] opened until it stops.
@@ -79,6 +92,7 @@ pub(super) async fn run(
 ) -> Result<Summary, WorkerError> {
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let (persisted_tx, persisted) = mpsc::unbounded_channel();
+    let (checks_tx, checks) = mpsc::unbounded_channel();
     let (settler, settling) = Settler::spawn(started.channel.clone(), config.prefetch);
     let persister = Persister::new(
         started.store.clone(),
@@ -100,11 +114,13 @@ pub(super) async fn run(
         linger: config.batch_linger,
         grace: config.shutdown_grace,
         calls_out: 0,
+        admission: None,
+        checks: checks_tx,
         reports: reports_tx,
         summary: Summary::default(),
         health,
     };
-    let result = coordinator.run(consumer, reports, persisted, shutdown).await;
+    let result = coordinator.run(consumer, Events { reports, persisted, checks }, shutdown).await;
     // The coordinator is gone with the settler: wait for the last frames.
     let _ = settling.await;
     result
@@ -114,8 +130,7 @@ impl Coordinator {
     async fn run(
         mut self,
         consumer: Consumer,
-        mut reports: mpsc::UnboundedReceiver<BatchReport>,
-        mut persisted: mpsc::UnboundedReceiver<Persisted>,
+        mut events: Events,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Summary, WorkerError> {
         let mut shutdown = std::pin::pin!(shutdown);
@@ -130,8 +145,9 @@ impl Coordinator {
         let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.done() {
-            let running = matches!(self.lifecycle, Lifecycle::Running);
+            let running = self.is_running();
             let linger_deadline = self.packer.oldest().map(|t| Instant::from_std(t) + self.linger);
+            let admission_retry = self.admission.as_ref().and_then(|a| a.retry_at);
             let grace_deadline = match self.lifecycle {
                 Lifecycle::Stopping { since, .. } => Some(since + self.grace),
                 Lifecycle::Running => None,
@@ -142,18 +158,24 @@ impl Coordinator {
                     tracing::info!("shutdown requested: no new messages; finishing the calls in flight");
                     self.stop(None).await;
                 }
-                Some(report) = reports.recv() => self.on_report(report).await,
-                Some(done) = persisted.recv() => self.on_persisted(done),
-                ready = consumer.next(), if running => self.on_deliveries(ready).await,
+                Some(report) = events.reports.recv() => self.on_report(report).await,
+                Some(done) = events.persisted.recv() => self.on_persisted(done),
+                Some(checked) = events.checks.recv() => self.on_checked(checked),
+                ready = consumer.next(), if running && self.admission.is_none() => self.on_deliveries(ready).await,
                 _ = watchdog.tick(), if running => self.on_tick().await,
+                () = sleep_until_opt(admission_retry), if running => self.check_admission(),
                 () = sleep_until_opt(linger_deadline), if running => {}
                 () = sleep_until_opt(grace_deadline) => {}
             }
-            if matches!(self.lifecycle, Lifecycle::Running) {
+            if self.is_running() {
                 self.dispatch();
             }
         }
         self.finish()
+    }
+
+    fn is_running(&self) -> bool {
+        matches!(self.lifecycle, Lifecycle::Running)
     }
 
     /// Stopping, and nothing is out any more (or the grace period is over).
@@ -170,7 +192,7 @@ impl Coordinator {
     /// tasks, and marks the parts not yet sent as returned. The first
     /// cause wins; later ones (often consequences of it) are dropped.
     async fn stop(&mut self, cause: Option<WorkerError>) {
-        if !matches!(self.lifecycle, Lifecycle::Running) {
+        if !self.is_running() {
             return;
         }
         self.lifecycle = Lifecycle::Stopping { since: Instant::now(), cause };
@@ -228,7 +250,7 @@ impl Coordinator {
         self.ledger.apply(report.calls, report.parts);
         self.start_persist();
         if let Some(error) = report.fatal
-            && matches!(self.lifecycle, Lifecycle::Running)
+            && self.is_running()
         {
             let (failure, hint) = (error.failure().clone(), error.what_to_fix());
             tracing::error!(
@@ -277,7 +299,7 @@ impl Coordinator {
                 Err(error) => lost = Some(error),
             }
         }
-        self.admit(chunk).await;
+        self.admit(chunk);
         if let Some(error) = lost {
             self.stop(Some(WorkerError::ConsumerLost(error.to_string()))).await;
         }

@@ -2,23 +2,48 @@
 //! parsed and validated; copies of a job in hand wait for its outcome;
 //! ids that already have a terminal row (one query for the chunk) are
 //! acknowledged without a call; invalid jobs are finished at once.
+//!
+//! The admission check never blocks the coordinator: it runs in a task of
+//! its own and its answer comes back as an event. When PostgreSQL cannot
+//! answer, the chunk waits in [`Admission`] and the select loop asks again
+//! after a backoff; shutdown, reports and persists are heard meanwhile,
+//! and nothing new is taken until the chunk is let in.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
+use tokio::time::Instant;
 
 use super::Coordinator;
 use crate::config::RetryPolicy;
-use crate::job::{self, IdSource};
+use crate::job::{self, IdSource, InvalidJob, Job};
+use crate::store::StoreError;
 use crate::telemetry::names;
 use crate::worker::outcome::Original;
 
+/// A parsed delivery not yet let in, with the id to check against the table.
+type Fresh = (Result<Job, InvalidJob>, Option<String>, Delivery);
+
+/// A chunk waiting for the admission check to succeed.
+pub(super) struct Admission {
+    fresh: Vec<Fresh>,
+    /// The ids to look up (a UUID the worker assigned cannot be in the table).
+    known: Arc<Vec<String>>,
+    received_at: DateTime<Utc>,
+    /// When to ask again after a failure; None while a check is out.
+    pub(super) retry_at: Option<Instant>,
+    backoff: backon::ExponentialBackoff,
+}
+
+/// The job table's answer to an admission check.
+pub(super) type Checked = Result<HashSet<String>, StoreError>;
+
 impl Coordinator {
     /// Parses a chunk of deliveries and lets in the jobs that are new.
-    pub(super) async fn admit(&mut self, chunk: Vec<Delivery>) {
-        let now = std::time::Instant::now();
+    pub(super) fn admit(&mut self, chunk: Vec<Delivery>) {
         let received_at = Utc::now();
         let mut fresh = Vec::with_capacity(chunk.len());
         for delivery in chunk {
@@ -36,10 +61,58 @@ impl Coordinator {
             }
         }
 
-        // One round trip tells which of these already have an outcome.
-        let known: Vec<String> = fresh.iter().filter_map(|(_, known, _)| known.clone()).collect();
-        let finished = self.terminal_ids(&known).await;
+        let known = Arc::new(fresh.iter().filter_map(|(_, known, _)| known.clone()).collect());
+        let backoff = RetryPolicy {
+            initial: Duration::from_millis(200),
+            max_interval: Duration::from_secs(10),
+            max_elapsed: Duration::MAX,
+        }
+        .backoff();
+        self.admission = Some(Admission { fresh, known, received_at, retry_at: None, backoff });
+        self.check_admission();
+    }
 
+    /// Sends the waiting chunk's ids to the job table, in a task of its own.
+    pub(super) fn check_admission(&mut self) {
+        let Some(admission) = self.admission.as_mut() else {
+            return;
+        };
+        admission.retry_at = None;
+        let (store, known, answer) = (self.store.clone(), admission.known.clone(), self.checks.clone());
+        metrics::counter!(names::DB_STATEMENTS).increment(1);
+        tokio::spawn(async move {
+            let _ = answer.send(store.terminal_ids(&known).await);
+        });
+    }
+
+    /// The table answered: lets the chunk in, or keeps it for another try.
+    pub(super) fn on_checked(&mut self, checked: Checked) {
+        let Some(mut admission) = self.admission.take() else {
+            return;
+        };
+        if !self.is_running() {
+            // Stopping: the chunk's deliveries go back with the rest.
+            return;
+        }
+        match checked {
+            Ok(finished) => {
+                self.health.set_database(true);
+                self.let_in(admission.fresh, &finished, admission.received_at);
+            }
+            Err(error) => {
+                // Sending a finished job again is what the check prevents,
+                // so the chunk waits rather than going on unchecked.
+                self.health.set_database(false);
+                let delay = admission.backoff.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!("could not check the job table ({error}); retrying in {delay:?}");
+                admission.retry_at = Some(Instant::now() + delay);
+                self.admission = Some(admission);
+            }
+        }
+    }
+
+    fn let_in(&mut self, fresh: Vec<Fresh>, finished: &HashSet<String>, received_at: DateTime<Utc>) {
+        let now = std::time::Instant::now();
         let mut ack_now = Vec::new();
         for (parsed, known, delivery) in fresh {
             if known.as_ref().is_some_and(|id| finished.contains(id)) {
@@ -89,31 +162,5 @@ impl Coordinator {
             metrics::counter!(names::JOBS, "outcome" => "duplicate").increment(1);
         }
         copy
-    }
-
-    /// Job ids that already have a terminal row; retried while PostgreSQL is
-    /// unreachable, since sending a finished job again is what this prevents.
-    async fn terminal_ids(&self, ids: &[String]) -> HashSet<String> {
-        let mut backoff = RetryPolicy {
-            initial: Duration::from_millis(200),
-            max_interval: Duration::from_secs(10),
-            max_elapsed: Duration::MAX,
-        }
-        .backoff();
-        loop {
-            metrics::counter!(names::DB_STATEMENTS).increment(1);
-            match self.store.terminal_ids(ids).await {
-                Ok(found) => {
-                    self.health.set_database(true);
-                    return found;
-                }
-                Err(error) => {
-                    self.health.set_database(false);
-                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
-                    tracing::warn!("could not check the job table ({error}); retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! Written from Tencent's published algorithm (tencent-im-remove-tag.md,
 //! "UserSig", and the algorithm field of usersig_vectors.json), not borrowed
-//! from `crate::usersig`: if the worker's signer and this verifier shared
-//! code, a signer that built the wrong text would be checked against the
-//! same wrong text and pass.
+//! from the worker's `usersig` module: were signer and verifier one code, a
+//! signer that built the wrong text would be checked against the same wrong
+//! text and pass.
 
 use std::io::Read;
 

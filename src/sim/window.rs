@@ -1,6 +1,6 @@
 //! The simulator's own count of calls per sliding second.
 //!
-//! The worker paces itself with `crate::limit`; the simulator must not
+//! The worker paces itself with its `limit` module; the simulator must not
 //! count with the same code, or a miscount there would be a miscount here
 //! and the pacing tests would pass regardless. Tencent counts requests per
 //! SDKAppID as they arrive ("Maximum call frequency 100 times/second", the

@@ -24,10 +24,13 @@ fn sig(key: &str, identifier: &str, time: u64, expire: u64) -> String {
     usersig::generate(&SecretString::from(key), SDKAPPID, identifier, time, expire).expose_secret().to_owned()
 }
 
+async fn post(sim: &Running, path: &str, query: &[(&str, String)], body: &str) -> Value {
+    let url = format!("{}{path}", sim.base_url());
+    reqwest::Client::new().post(url).query(query).body(body.to_owned()).send().await.unwrap().json().await.unwrap()
+}
+
 async fn call(sim: &Running, query: &[(&str, String)], body: &str) -> (i64, String) {
-    let url = format!("{}/v4/all_member_push/im_remove_tag", sim.base_url());
-    let answer: Value =
-        reqwest::Client::new().post(url).query(query).body(body.to_owned()).send().await.unwrap().json().await.unwrap();
+    let answer = post(sim, "/v4/all_member_push/im_remove_tag", query, body).await;
     (answer["ErrorCode"].as_i64().unwrap(), answer["ActionStatus"].as_str().unwrap().to_owned())
 }
 
@@ -189,4 +192,49 @@ async fn put_faults_merges_the_fields_given_into_the_current_set() {
     assert_eq!(typo.status(), 422);
     assert!(typo.text().await.unwrap().contains("always_code"));
     assert_eq!(sim.simulator.faults(), faults);
+}
+
+#[tokio::test]
+async fn the_push_plugin_reports_users_that_failed_alone_and_every_tag_can_go() {
+    let sim = start(|_| {}).await;
+    for user in ["u1", "u2", "u3"] {
+        sim.simulator.add_tags(user, ["a", "b"]);
+    }
+    sim.simulator.set_faults(Faults { error_list: [("u2".to_owned(), 70107)].into(), ..Faults::default() });
+    let q = query(sig(KEY, "admin", usersig::unix_now(), 3600), "admin");
+    let two = r#"{"UserTags": [{"To_Account": "u1", "Tags": ["a"]}, {"To_Account": "u2", "Tags": ["a"]}]}"#;
+
+    // The Push plugin: success overall, u2 listed as failed, only u1 changed.
+    let answer = post(&sim, "/v4/timpush/remove_tag", &q, two).await;
+    assert_eq!((answer["ErrorCode"].as_i64(), answer["ActionStatus"].as_str()), (Some(0), Some("OK")));
+    let listed: Vec<(&str, i64)> = answer["ErrorList"]
+        .as_array()
+        .expect("an ErrorList")
+        .iter()
+        .map(|e| (e["To_Account"].as_str().unwrap(), e["ErrorCode"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(listed, [("u2", 70107)]);
+    assert_eq!(sim.simulator.tags_of("u1"), ["b".to_owned()].into());
+    assert_eq!(sim.simulator.tags_of("u2").len(), 2, "a listed user is left as it was");
+
+    // The old family has no documented ErrorList, so it never sends one.
+    let answer = post(&sim, "/v4/all_member_push/im_remove_tag", &q, two).await;
+    assert_eq!((answer["ErrorCode"].as_i64(), answer.get("ErrorList")), (Some(0), None));
+
+    // Removing every tag, in either family, takes a list of accounts.
+    let cleared = post(&sim, "/v4/all_member_push/im_remove_all_tags", &q, r#"{"To_Account": ["u3"]}"#).await;
+    assert_eq!(cleared["ErrorCode"], 0);
+    assert!(sim.simulator.tags_of("u3").is_empty());
+    let answer = post(&sim, "/v4/timpush/clear_all_tags", &q, r#"{"To_Account": ["u1", "u2"]}"#).await;
+    assert_eq!((answer["ErrorCode"].as_i64(), answer["ErrorList"][0]["To_Account"].as_str()), (Some(0), Some("u2")));
+    assert!(sim.simulator.tags_of("u1").is_empty());
+    assert_eq!((sim.simulator.clear_count("u1"), sim.simulator.clear_count("u2")), (1, 0));
+    let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let too_many = post(&sim, "/v4/timpush/clear_all_tags", &q, &json!({ "To_Account": many }).to_string()).await;
+    assert_eq!(too_many["ErrorCode"], 90018);
+
+    let stats = sim.simulator.stats();
+    assert_eq!((stats.clears, stats.repeated_clears), (2, 0));
+    let paths: Vec<&str> = sim.simulator.calls().iter().map(|c| c.path).collect();
+    assert_eq!(paths.iter().filter(|p| p.starts_with("/v4/timpush/")).count(), 3);
 }

@@ -22,6 +22,10 @@ pub struct Faults {
     pub poison: BTreeMap<String, i64>,
     /// A request holding one of these tags fails whole with its code.
     pub poison_tags: BTreeMap<String, i64>,
+    /// On the Push plugin's calls (`v4/timpush/...`) these accounts fail
+    /// alone with their code: the call answers ErrorCode 0 with them in an
+    /// `ErrorList`, and the other users' tags are removed.
+    pub error_list: BTreeMap<String, i64>,
     /// Every call answers this ErrorCode (e.g. 90045, 70003) while set.
     pub always: Option<i64>,
     /// The next calls answer these codes, one each, in order (502 is HTTP 502).

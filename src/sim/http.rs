@@ -7,19 +7,20 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::faults::{Faults, HTTP_502};
+use super::judge::{Call, Verdict};
 use super::rules;
 use super::stats::{SeenCall, Stats};
 use super::{SimConfig, Simulator};
 
 pub(super) fn routes(sim: Simulator) -> Router {
-    Router::new()
-        .route("/v4/all_member_push/im_remove_tag", post(remove_tag))
+    let tag_calls = Call::ALL.into_iter().fold(Router::new(), |router, call| router.route(call.path(), serve(call)));
+    tag_calls
         .route("/v4/all_member_push/im_add_tag", post(add_tag))
         .route("/sim/users/{account}", get(user_tags))
         .route("/sim/stats", get(stats))
@@ -28,28 +29,31 @@ pub(super) fn routes(sim: Simulator) -> Router {
         .with_state(sim)
 }
 
-async fn remove_tag(
-    State(sim): State<Simulator>,
-    Query(query): Query<HashMap<String, String>>,
-    body: axum::body::Bytes,
-) -> Response {
+fn serve(call: Call) -> MethodRouter<Simulator> {
+    post(move |State(sim): State<Simulator>, Query(query): Query<HashMap<String, String>>, body: axum::body::Bytes| {
+        tag_call(sim, call, query, body)
+    })
+}
+
+async fn tag_call(sim: Simulator, call: Call, query: HashMap<String, String>, body: axum::body::Bytes) -> Response {
     let arrived = Instant::now();
-    let (code, info) = sim.judge(&query, &body, arrived);
+    let verdict = sim.judge(call, &query, &body, arrived);
     let accounts = rules::accounts_of(&body);
     let extra = {
         let mut ledger = sim.ledger();
-        ledger.calls.push(SeenCall { arrived, entries: accounts.len(), accounts, error_code: code });
+        let seen = SeenCall { arrived, path: call.path(), entries: accounts.len(), accounts, error_code: verdict.code };
+        ledger.calls.push(seen);
         Duration::from_millis(ledger.faults.extra_latency_ms)
     };
     let delay = latency(&sim.config) + extra;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    if code == HTTP_502 {
+    if verdict.code == HTTP_502 {
         let page = "<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body></html>";
         return (StatusCode::BAD_GATEWAY, page).into_response();
     }
-    Json(answer(code, &info)).into_response()
+    Json(answer_with_failures(&verdict)).into_response()
 }
 
 async fn add_tag(State(sim): State<Simulator>, body: axum::body::Bytes) -> Json<Value> {
@@ -89,6 +93,21 @@ async fn stats(State(sim): State<Simulator>) -> Json<Stats> {
 fn answer(code: i64, info: &str) -> Value {
     let status = if code == 0 { "OK" } else { "FAIL" };
     json!({"ActionStatus": status, "ErrorInfo": info, "ErrorCode": code})
+}
+
+/// The envelope plus, when some users failed alone, the Push plugin's
+/// `ErrorList` (tencent-im-remove-tag.md, "The sibling calls").
+fn answer_with_failures(verdict: &Verdict) -> Value {
+    let mut answer = answer(verdict.code, &verdict.info);
+    if !verdict.failed_users.is_empty() {
+        let list: Vec<Value> = verdict
+            .failed_users
+            .iter()
+            .map(|(account, code)| json!({"To_Account": account, "ErrorCode": code, "ErrorInfo": format!("injected failure for {account}")}))
+            .collect();
+        answer["ErrorList"] = Value::Array(list);
+    }
+    answer
 }
 
 fn latency(config: &SimConfig) -> Duration {

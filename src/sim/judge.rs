@@ -1,6 +1,6 @@
-//! Judging one `im_remove_tag` call, in the order a front end refuses: the
-//! rate first (every arrival counts), then the query and its UserSig, the
-//! admin right, injected faults, the body, and only then the effect.
+//! Judging one tag call, in the order a front end refuses: the rate first
+//! (every arrival counts), then the query and its UserSig, the admin right,
+//! injected faults, the body, and only then the effect.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,16 +11,68 @@ use super::Simulator;
 use super::rules::{self, Entry, Refusal};
 use super::sig::verify_usersig;
 
-impl Simulator {
-    /// Judges one request; returns (ErrorCode, ErrorInfo). Applies it on success.
-    pub(super) fn judge(&self, query: &HashMap<String, String>, body: &[u8], arrived: Instant) -> (i64, String) {
-        match self.try_call(query, body, arrived) {
-            Ok(()) => (0, String::new()),
-            Err(refusal) => refusal,
+/// The tag calls served: two API families (tencent-im-remove-tag.md, "The
+/// sibling calls"), each removing some tags or every tag of its users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Call {
+    RemoveTag,
+    RemoveAllTags,
+    PushRemoveTag,
+    PushClearAllTags,
+}
+
+impl Call {
+    pub(super) const ALL: [Call; 4] =
+        [Call::RemoveTag, Call::RemoveAllTags, Call::PushRemoveTag, Call::PushClearAllTags];
+
+    pub(super) fn path(self) -> &'static str {
+        match self {
+            Call::RemoveTag => "/v4/all_member_push/im_remove_tag",
+            Call::RemoveAllTags => "/v4/all_member_push/im_remove_all_tags",
+            Call::PushRemoveTag => "/v4/timpush/remove_tag",
+            Call::PushClearAllTags => "/v4/timpush/clear_all_tags",
         }
     }
 
-    fn try_call(&self, query: &HashMap<String, String>, body: &[u8], arrived: Instant) -> Result<(), Refusal> {
+    /// Only the Push plugin is documented to answer per-user failures in an
+    /// `ErrorList`; for the old family it is undocumented, so never sent.
+    fn reports_per_user(self) -> bool {
+        matches!(self, Call::PushRemoveTag | Call::PushClearAllTags)
+    }
+
+    fn removes_every_tag(self) -> bool {
+        matches!(self, Call::RemoveAllTags | Call::PushClearAllTags)
+    }
+}
+
+/// How a call was answered: ErrorCode and ErrorInfo, and the users that
+/// failed alone (the `ErrorList`) when the call as a whole succeeded.
+#[derive(Debug)]
+pub(super) struct Verdict {
+    pub(super) code: i64,
+    pub(super) info: String,
+    pub(super) failed_users: Vec<(String, i64)>,
+}
+
+impl Simulator {
+    /// Judges one request, and applies it on success.
+    ///
+    /// All four calls share one rate window: whether Tencent budgets tag
+    /// APIs together is not documented, and sharing is the stricter reading.
+    pub(super) fn judge(&self, call: Call, query: &HashMap<String, String>, body: &[u8], arrived: Instant) -> Verdict {
+        match self.try_call(call, query, body, arrived) {
+            Ok(failed_users) => Verdict { code: 0, info: String::new(), failed_users },
+            Err((code, info)) => Verdict { code, info, failed_users: Vec::new() },
+        }
+    }
+
+    fn try_call(
+        &self,
+        call: Call,
+        query: &HashMap<String, String>,
+        body: &[u8],
+        arrived: Instant,
+    ) -> Result<Vec<(String, i64)>, Refusal> {
         if !self.ledger().window.admit(arrived) {
             return Err(rules::rate_limited());
         }
@@ -31,8 +83,9 @@ impl Simulator {
         if let Some(code) = self.ledger().faults.draw() {
             return Err((code, format!("injected fault {code}")));
         }
-        let entries = rules::parse_user_tags(body)?;
-        self.apply(entries)
+        let entries =
+            if call.removes_every_tag() { rules::parse_accounts(body)? } else { rules::parse_user_tags(body)? };
+        self.apply(call, entries)
     }
 
     /// The five query parameters and the UserSig; returns the identifier.
@@ -65,25 +118,34 @@ impl Simulator {
     }
 
     /// Removes the tags, unless a poisoned account or tag fails the request
-    /// whole (the API's outcome covers the whole request).
-    fn apply(&self, entries: Vec<Entry>) -> Result<(), Refusal> {
+    /// whole (the API's outcome covers the whole request). On the Push
+    /// plugin's calls, users with an `error_list` fault fail alone and are
+    /// returned; the others are applied.
+    fn apply(&self, call: Call, entries: Vec<Entry>) -> Result<Vec<(String, i64)>, Refusal> {
         let mut ledger = self.ledger();
         if let Some(refusal) = ledger.faults.poisoned(&entries) {
             return Err(refusal);
         }
+        let mut failed_users = Vec::new();
         for (account, tags) in entries {
-            // Removing a tag the user does not have succeeds too; only
-            // users with tags have an entry (none is made here, see `removed`).
-            if let Some(current) = ledger.tags.get_mut(&account) {
-                for tag in &tags {
-                    current.remove(tag);
+            let failure = ledger.faults.error_list.get(&account).copied().filter(|_| call.reports_per_user());
+            if let Some(code) = failure {
+                failed_users.push((account, code));
+            } else if call.removes_every_tag() {
+                ledger.tags.remove(&account);
+                ledger.cleared.push(account);
+            } else {
+                // Removing a tag the user does not have succeeds too; only
+                // users with tags have an entry (none is made here, see `removed`).
+                if let Some(current) = ledger.tags.get_mut(&account) {
+                    for tag in &tags {
+                        current.remove(tag);
+                    }
                 }
-            }
-            for tag in tags {
-                ledger.removed.push((account.clone(), tag));
+                ledger.removed.extend(tags.into_iter().map(|tag| (account.clone(), tag)));
             }
         }
-        Ok(())
+        Ok(failed_users)
     }
 }
 

@@ -23,8 +23,10 @@
 //! `tagsweep simulate` flags or at run time through `PUT /sim/faults`,
 //! which merges the fields it is given into the current set.
 //!
-//! Endpoints: `POST /v4/all_member_push/im_remove_tag` and `im_add_tag`
-//! (Tencent's shapes), `GET /sim/users/{account}` (a user's tags),
+//! Endpoints: `POST /v4/all_member_push/im_remove_tag`, `im_remove_all_tags`
+//! and `im_add_tag`, `POST /v4/timpush/remove_tag` and `clear_all_tags` (the
+//! Push plugin's, which may answer an `ErrorList` of users that failed
+//! alone), all in Tencent's shapes; `GET /sim/users/{account}` (a user's tags),
 //! `GET /sim/stats` (counts, peak calls per second, rule violations),
 //! `GET`/`PUT /sim/faults`.
 
@@ -88,6 +90,8 @@ struct Ledger {
     /// and the stalled arrivals then bunched up into false rate-limit
     /// refusals. Counts are worked out when asked for.
     removed: Vec<(String, String)>,
+    /// Accounts whose every tag was removed, once per success.
+    cleared: Vec<String>,
     calls: Vec<SeenCall>,
     /// Arrivals in the last second, for the rate check.
     window: window::SlidingWindow,
@@ -126,6 +130,7 @@ impl Simulator {
         let ledger = Ledger {
             tags: HashMap::new(),
             removed: Vec::new(),
+            cleared: Vec::new(),
             calls: Vec::new(),
             window: window::SlidingWindow::new(config.max_calls_per_second, Duration::from_secs(1)),
             faults: Faults::default(),
@@ -197,12 +202,17 @@ impl Simulator {
         self.ledger().removed.iter().filter(|(a, t)| a == account && t == tag).count() as u32
     }
 
+    /// How many times a call removing every tag of this account succeeded.
+    pub fn clear_count(&self, account: &str) -> u32 {
+        self.ledger().cleared.iter().filter(|a| *a == account).count() as u32
+    }
+
     pub fn calls(&self) -> Vec<SeenCall> {
         self.ledger().calls.clone()
     }
 
     pub fn stats(&self) -> Stats {
         let ledger = self.ledger();
-        stats::tally(&ledger.calls, &ledger.removed)
+        stats::tally(&ledger.calls, &ledger.removed, &ledger.cleared)
     }
 }

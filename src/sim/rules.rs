@@ -79,12 +79,40 @@ pub(super) fn parse_user_tags(body: &[u8]) -> Result<Vec<Entry>, Refusal> {
     Ok(entries)
 }
 
-/// The To_Accounts of a body, however malformed the rest: the call log
-/// records what was asked even when it was refused.
+/// Checks a `{"To_Account": ["u1", ...]}` body (the remove-every-tag
+/// calls) into entries with no tags. Source: tencent-im-remove-tag.md,
+/// "The sibling calls": the same 100-user ceiling (90018) as removing some.
+pub(super) fn parse_accounts(body: &[u8]) -> Result<Vec<Entry>, Refusal> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| malformed(&e.to_string()))?;
+    let items =
+        value.get("To_Account").and_then(Value::as_array).ok_or_else(|| malformed("To_Account must be an array"))?;
+    if items.is_empty() {
+        return Err(malformed("To_Account is empty"));
+    }
+    if items.len() > MAX_ENTRIES {
+        return Err((90018, format!("{} accounts; at most {MAX_ENTRIES} per request", items.len())));
+    }
+    let mut seen = BTreeSet::new();
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        let account = item.as_str().ok_or_else(|| malformed("an account must be a string"))?;
+        check_account(account, &mut seen)?;
+        entries.push((account.to_owned(), Vec::new()));
+    }
+    Ok(entries)
+}
+
+/// The To_Accounts of a body of either shape, however malformed the rest:
+/// the call log records what was asked even when it was refused.
 pub(super) fn accounts_of(body: &[u8]) -> Vec<String> {
     let Ok(value) = serde_json::from_slice::<Value>(body) else { return Vec::new() };
+    let strings = |items: &Vec<Value>| items.iter().filter_map(Value::as_str).map(str::to_owned).collect();
+    if let Some(accounts) = value.get("To_Account").and_then(Value::as_array) {
+        return strings(accounts);
+    }
     let Some(items) = value.get("UserTags").and_then(Value::as_array) else { return Vec::new() };
-    items.iter().filter_map(|i| i.get("To_Account").and_then(Value::as_str).map(str::to_owned)).collect()
+    let accounts: Vec<Value> = items.iter().filter_map(|i| i.get("To_Account").cloned()).collect();
+    strings(&accounts)
 }
 
 /// One entry, checked in the order this simulator always has: the account,
@@ -92,12 +120,7 @@ pub(super) fn accounts_of(body: &[u8]) -> Vec<String> {
 fn check_entry<'a>(item: &'a Value, seen: &mut BTreeSet<&'a str>) -> Result<Entry, Refusal> {
     let account =
         item.get("To_Account").and_then(Value::as_str).ok_or_else(|| malformed("To_Account must be a string"))?;
-    if account.is_empty() || account.len() > MAX_ACCOUNT_BYTES {
-        return Err((70107, format!("invalid To_Account {account:?}")));
-    }
-    if !seen.insert(account) {
-        return Err(malformed(&format!("To_Account {account:?} appears twice")));
-    }
+    check_account(account, seen)?;
     let tags = item.get("Tags").and_then(Value::as_array).ok_or_else(|| malformed("Tags must be an array"))?;
     if tags.len() > MAX_TAGS_PER_ENTRY {
         return Err((90032, format!("{} tags for {account:?}; at most {MAX_TAGS_PER_ENTRY} per entry", tags.len())));
@@ -114,6 +137,17 @@ fn check_entry<'a>(item: &'a Value, seen: &mut BTreeSet<&'a str>) -> Result<Entr
         list.push(tag.to_owned());
     }
     Ok((account.to_owned(), list))
+}
+
+/// An account's size, and that the request has not named it already.
+fn check_account<'a>(account: &'a str, seen: &mut BTreeSet<&'a str>) -> Result<(), Refusal> {
+    if account.is_empty() || account.len() > MAX_ACCOUNT_BYTES {
+        return Err((70107, format!("invalid To_Account {account:?}")));
+    }
+    if !seen.insert(account) {
+        return Err(malformed(&format!("To_Account {account:?} appears twice")));
+    }
+    Ok(())
 }
 
 fn malformed(why: &str) -> Refusal {
@@ -188,8 +222,21 @@ mod tests {
     }
 
     #[test]
+    fn removing_every_tag_takes_one_to_a_hundred_distinct_accounts() {
+        let accounts = |n: usize| json!({"To_Account": (0..n).map(|i| format!("u{i}")).collect::<Vec<_>>()});
+        let code = |body: Value| parse_accounts(body.to_string().as_bytes()).err().map(|(code, _)| code);
+        assert_eq!(code(accounts(100)), None);
+        assert_eq!(code(accounts(101)), Some(90018));
+        assert_eq!(code(accounts(0)), Some(90001));
+        assert_eq!(code(json!({"To_Account": ["u", "u"]})), Some(90001));
+        assert_eq!(code(json!({"To_Account": ["a".repeat(33)]})), Some(70107));
+        assert_eq!(code(json!({"To_Account": "u1"})), Some(90001), "a string, not an array");
+    }
+
+    #[test]
     fn the_call_log_reads_accounts_even_from_a_refused_body() {
         assert_eq!(accounts_of(users(101).to_string().as_bytes()).len(), 101);
+        assert_eq!(accounts_of(br#"{"To_Account": ["u1", "u1"]}"#), ["u1", "u1"]);
         assert!(accounts_of(b"{not json").is_empty());
     }
 }

@@ -2,6 +2,7 @@
 //! log and the counts worked out from it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +16,8 @@ use super::window::peak_in_window;
 pub struct SeenCall {
     #[serde(skip)]
     pub arrived: Instant,
+    /// The endpoint called, e.g. `/v4/all_member_push/im_remove_tag`.
+    pub path: &'static str,
     pub entries: usize,
     pub accounts: Vec<String>,
     pub error_code: i64,
@@ -35,10 +38,13 @@ pub struct Stats {
     /// Successful (account, tag) removals, and how many of them were asked more than once.
     pub removals: u64,
     pub repeated_removals: u64,
+    /// Accounts whose every tag was removed, and how many of them more than once.
+    pub clears: u64,
+    pub repeated_clears: u64,
 }
 
-/// Works the counts out of the call log and the log of removals.
-pub(super) fn tally(calls: &[SeenCall], removed: &[(String, String)]) -> Stats {
+/// Works the counts out of the call log and the logs of removals.
+pub(super) fn tally(calls: &[SeenCall], removed: &[(String, String)], cleared: &[String]) -> Stats {
     let mut stats = Stats { calls: calls.len() as u64, ..Stats::default() };
     for call in calls {
         if call.error_code == 0 {
@@ -57,11 +63,16 @@ pub(super) fn tally(calls: &[SeenCall], removed: &[(String, String)]) -> Stats {
     }
     let arrivals = calls.iter().map(|c| c.arrived).collect();
     stats.peak_calls_per_second = peak_in_window(arrivals, Duration::from_secs(1)) as u64;
-    let mut counts: HashMap<&(String, String), u32> = HashMap::with_capacity(removed.len());
-    for removal in removed {
-        *counts.entry(removal).or_default() += 1;
-    }
-    stats.removals = counts.len() as u64;
-    stats.repeated_removals = counts.values().filter(|&&n| n > 1).count() as u64;
+    (stats.removals, stats.repeated_removals) = distinct_and_repeated(removed);
+    (stats.clears, stats.repeated_clears) = distinct_and_repeated(cleared);
     stats
+}
+
+/// How many distinct items a log holds, and how many of those it holds more than once.
+fn distinct_and_repeated<T: Eq + Hash>(log: &[T]) -> (u64, u64) {
+    let mut counts: HashMap<&T, u32> = HashMap::with_capacity(log.len());
+    for item in log {
+        *counts.entry(item).or_default() += 1;
+    }
+    (counts.len() as u64, counts.values().filter(|&&n| n > 1).count() as u64)
 }

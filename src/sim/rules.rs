@@ -62,44 +62,39 @@ pub(super) type Entry = (String, Vec<String>);
 /// twice: CONTRACT §1 forbids it, Tencent documents no code for it, and
 /// 90001 is what this simulator has always answered.
 pub(super) fn parse_user_tags(body: &[u8]) -> Result<Vec<Entry>, Refusal> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| malformed(&e.to_string()))?;
-    let items =
-        value.get("UserTags").and_then(Value::as_array).ok_or_else(|| malformed("UserTags must be an array"))?;
-    if items.is_empty() {
-        return Err(malformed("UserTags is empty"));
-    }
-    if items.len() > MAX_ENTRIES {
-        return Err((90018, format!("{} accounts; at most {MAX_ENTRIES} per request", items.len())));
-    }
+    let items = user_list(body, "UserTags")?;
     let mut seen = BTreeSet::new();
-    let mut entries = Vec::with_capacity(items.len());
-    for item in items {
-        entries.push(check_entry(item, &mut seen)?);
-    }
-    Ok(entries)
+    items.iter().map(|item| check_entry(item, &mut seen)).collect()
 }
 
 /// Checks a `{"To_Account": ["u1", ...]}` body (the remove-every-tag
 /// calls) into entries with no tags. Source: tencent-im-remove-tag.md,
 /// "The sibling calls": the same 100-user ceiling (90018) as removing some.
 pub(super) fn parse_accounts(body: &[u8]) -> Result<Vec<Entry>, Refusal> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| malformed(&e.to_string()))?;
-    let items =
-        value.get("To_Account").and_then(Value::as_array).ok_or_else(|| malformed("To_Account must be an array"))?;
-    if items.is_empty() {
-        return Err(malformed("To_Account is empty"));
-    }
-    if items.len() > MAX_ENTRIES {
-        return Err((90018, format!("{} accounts; at most {MAX_ENTRIES} per request", items.len())));
-    }
+    let items = user_list(body, "To_Account")?;
     let mut seen = BTreeSet::new();
     let mut entries = Vec::with_capacity(items.len());
-    for item in items {
+    for item in &items {
         let account = item.as_str().ok_or_else(|| malformed("an account must be a string"))?;
         check_account(account, &mut seen)?;
         entries.push((account.to_owned(), Vec::new()));
     }
     Ok(entries)
+}
+
+/// The array of users a body holds under `field`: 1 to [`MAX_ENTRIES`] of them.
+fn user_list(body: &[u8], field: &str) -> Result<Vec<Value>, Refusal> {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| malformed(&e.to_string()))?;
+    let Some(Value::Array(items)) = value.get_mut(field).map(Value::take) else {
+        return Err(malformed(&format!("{field} must be an array")));
+    };
+    if items.is_empty() {
+        return Err(malformed(&format!("{field} is empty")));
+    }
+    if items.len() > MAX_ENTRIES {
+        return Err((90018, format!("{} accounts; at most {MAX_ENTRIES} per request", items.len())));
+    }
+    Ok(items)
 }
 
 /// The To_Accounts of a body of either shape, however malformed the rest:

@@ -126,6 +126,113 @@ async fn state(env: &TestEnv, job_id: &str) -> String {
         .unwrap()
 }
 
+/// The browser story's cast: the test's services, a console, a browser.
+struct Story {
+    env: TestEnv,
+    base: String,
+    browser: Browser,
+    shots: Option<PathBuf>,
+    /// Every page's HTML, to look for secrets at the end.
+    sources: Vec<String>,
+}
+
+impl Story {
+    /// Overview, a search, one job's story, the dead letters: what a new
+    /// operator reads before acting.
+    async fn read_the_pages(&mut self) {
+        // The overview: both apps' queues, the last hour's outcomes, refusals.
+        self.browser.goto(&format!("{}/", self.base)).await;
+        let queues = self.browser.text("#queues").await;
+        assert!(queues.contains(&self.env.topology.queue) && queues.contains(&OTHER_APP.to_string()), "{queues}");
+        assert_eq!(self.browser.text("#succeeded").await, "240");
+        assert_eq!(self.browser.text("#dead-lettered").await, "60");
+        assert_eq!(self.browser.text("#dead-depth").await, "6");
+        assert!(self.browser.text("#refusals").await.contains("91000"));
+        tokio::time::sleep(Duration::from_millis(500)).await; // the chart's first poll
+        self.browser.screenshot(self.shots.as_deref(), "overview").await;
+        self.sources.push(self.browser.source().await);
+
+        // Search by account, then open the replayed job: both lives and its call.
+        self.browser.goto(&format!("{}/jobs", self.base)).await;
+        self.browser.fill("input[name=account]", "user-7").await;
+        self.browser.click("#search-button").await;
+        let found = self.browser.text("#jobs").await;
+        assert!(found.contains("job-7") && found.contains("job-47") && !found.contains("user-8 "), "{found}");
+        self.browser.screenshot(self.shots.as_deref(), "jobs").await;
+        self.sources.push(self.browser.source().await);
+        self.browser.click("a[href='/jobs/job-7']").await;
+        let lives = self.browser.text("#lives").await;
+        assert!(
+            lives.contains("before replay 1") && lives.contains("91000") && lives.contains("after replay"),
+            "{lives}"
+        );
+        assert!(self.browser.text("#calls").await.contains("success"));
+        self.browser.screenshot(self.shots.as_deref(), "job").await;
+        self.sources.push(self.browser.source().await);
+
+        // The dead letters, grouped by reason; looking at them loses none.
+        self.browser.goto(&format!("{}/dead", self.base)).await;
+        let groups = self.browser.text("#dead-groups").await;
+        assert!(groups.contains("91000 refused 4") && groups.contains("70107 refused 2"), "{groups}");
+        assert_eq!(self.env.depth(&self.env.topology.dead_letter_queue).await, 6);
+        self.browser.screenshot(self.shots.as_deref(), "dead-letters").await;
+        self.sources.push(self.browser.source().await);
+    }
+
+    /// Refused without the token; then a replay by ErrorCode and a pause.
+    async fn replay_and_pause(&mut self) {
+        // Without logging in, the page offers no action and the server refuses one.
+        self.browser.goto(&format!("{}/actions", self.base)).await;
+        assert!(!self.browser.enabled("#preview").await);
+        let refused = reqwest::Client::new()
+            .post(format!("{}/actions/pause", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string(&[("app", SDKAPPID.to_string()), ("csrf", String::new())]).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+
+        // Log in, preview the replay of every 91000, confirm it.
+        self.browser.goto(&format!("{}/login", self.base)).await;
+        self.browser.fill("#token", TOKEN).await;
+        self.browser.click("#login").await;
+        self.browser.wait_for_text("h1", "Actions").await;
+        self.browser.fill("#bulk input[name=error_code]", "91000").await;
+        self.browser.click("#preview").await;
+        assert_eq!(self.browser.text("#count").await, "4");
+        assert_eq!(state(&self.env, "job-10").await, "dead_lettered", "a preview changes nothing");
+        self.browser.screenshot(self.shots.as_deref(), "replay-preview").await;
+        self.browser.click("#confirm-button").await;
+        self.browser.wait_for_text("#done", "replay: 4 job(s)").await;
+        for job in ["job-10", "job-20", "job-30", "job-40"] {
+            assert_eq!(state(&self.env, job).await, "replaying");
+        }
+        assert_eq!(self.env.depth(&self.env.topology.dead_letter_queue).await, 2, "the 70107s stay");
+        assert_eq!(self.env.depth(&self.env.topology.queue).await, 4, "the 91000s are back on the jobs queue");
+
+        // Pause the app, then resume it; both land in the pause table and the log.
+        self.browser.fill("#pause input[name=reason]", "Tencent incident").await;
+        self.browser.click("#pause-button").await;
+        self.browser.wait_for_text("#pauses", "Tencent incident").await;
+        let paused: Option<String> = sqlx::query_scalar("SELECT paused_by FROM app_pauses WHERE sdkappid = $1")
+            .bind(SDKAPPID as i64)
+            .fetch_optional(&self.env.pool)
+            .await
+            .unwrap();
+        assert_eq!(paused.as_deref(), Some("alice"));
+        self.browser.screenshot(self.shots.as_deref(), "actions").await;
+        self.sources.push(self.browser.source().await);
+        self.browser.click("button.resume").await;
+        self.browser.wait_for_text("#done", "resumed").await;
+        let pauses: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM app_pauses").fetch_one(&self.env.pool).await.unwrap();
+        assert_eq!(pauses, 0);
+        let log = self.browser.text("#actions-log").await;
+        assert!(log.contains("alice resume") && log.contains("alice pause") && log.contains("alice replay"), "{log}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_finds_a_jobs_story_replays_a_failure_code_and_pauses_an_app_in_a_browser() {
     let started = Instant::now();
@@ -133,101 +240,18 @@ async fn an_operator_finds_a_jobs_story_replays_a_failure_code_and_pauses_an_app
     seed(&env).await;
     dead_letter(&env).await;
     let base = start_console(&env, Some(TOKEN)).await;
-    let shots = screenshots();
     let browser = Browser::start().await;
-    let mut sources = Vec::new();
-
-    // The overview: both apps' queues, the last hour's outcomes, refusals.
-    browser.goto(&format!("{base}/")).await;
-    let queues = browser.text("#queues").await;
-    assert!(queues.contains(&env.topology.queue) && queues.contains(&OTHER_APP.to_string()), "{queues}");
-    assert_eq!(browser.text("#succeeded").await, "240");
-    assert_eq!(browser.text("#dead-lettered").await, "60");
-    assert_eq!(browser.text("#dead-depth").await, "6");
-    assert!(browser.text("#refusals").await.contains("91000"));
-    tokio::time::sleep(Duration::from_millis(500)).await; // the chart's first poll
-    browser.screenshot(shots.as_deref(), "overview").await;
-    sources.push(browser.source().await);
-
-    // Search by account, then open the replayed job: both lives and its call.
-    browser.goto(&format!("{base}/jobs")).await;
-    browser.fill("input[name=account]", "user-7").await;
-    browser.click("#search-button").await;
-    let found = browser.text("#jobs").await;
-    assert!(found.contains("job-7") && found.contains("job-47") && !found.contains("user-8 "), "{found}");
-    browser.screenshot(shots.as_deref(), "jobs").await;
-    sources.push(browser.source().await);
-    browser.click("a[href='/jobs/job-7']").await;
-    let lives = browser.text("#lives").await;
-    assert!(lives.contains("before replay 1") && lives.contains("91000") && lives.contains("after replay"), "{lives}");
-    assert!(browser.text("#calls").await.contains("success"));
-    browser.screenshot(shots.as_deref(), "job").await;
-    sources.push(browser.source().await);
-
-    // The dead letters, grouped by reason; looking at them loses none.
-    browser.goto(&format!("{base}/dead")).await;
-    let groups = browser.text("#dead-groups").await;
-    assert!(groups.contains("91000 refused 4") && groups.contains("70107 refused 2"), "{groups}");
-    assert_eq!(env.depth(&env.topology.dead_letter_queue).await, 6);
-    browser.screenshot(shots.as_deref(), "dead-letters").await;
-    sources.push(browser.source().await);
-
-    // Without logging in, the page offers no action and the server refuses one.
-    browser.goto(&format!("{base}/actions")).await;
-    assert!(!browser.enabled("#preview").await);
-    let refused = reqwest::Client::new()
-        .post(format!("{base}/actions/pause"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(serde_urlencoded::to_string(&[("app", SDKAPPID.to_string()), ("csrf", String::new())]).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refused.status(), 401);
-
-    // Log in, preview the replay of every 91000, confirm it.
-    browser.goto(&format!("{base}/login")).await;
-    browser.fill("#token", TOKEN).await;
-    browser.click("#login").await;
-    assert!(browser.url().await.ends_with("/actions"));
-    browser.fill("#bulk input[name=error_code]", "91000").await;
-    browser.click("#preview").await;
-    assert_eq!(browser.text("#count").await, "4");
-    assert_eq!(state(&env, "job-10").await, "dead_lettered", "a preview changes nothing");
-    browser.screenshot(shots.as_deref(), "replay-preview").await;
-    browser.click("#confirm-button").await;
-    assert!(browser.text("#done").await.contains("replay: 4 job(s)"));
-    for job in ["job-10", "job-20", "job-30", "job-40"] {
-        assert_eq!(state(&env, job).await, "replaying");
-    }
-    assert_eq!(env.depth(&env.topology.dead_letter_queue).await, 2, "the 70107s stay");
-    assert_eq!(env.depth(&env.topology.queue).await, 4, "the 91000s are back on the jobs queue");
-
-    // Pause the app, then resume it; both land in the pause table and the log.
-    browser.fill("#pause input[name=reason]", "Tencent incident").await;
-    browser.click("#pause-button").await;
-    let paused: Option<String> = sqlx::query_scalar("SELECT paused_by FROM app_pauses WHERE sdkappid = $1")
-        .bind(SDKAPPID as i64)
-        .fetch_optional(&env.pool)
-        .await
-        .unwrap();
-    assert_eq!(paused.as_deref(), Some("alice"));
-    assert!(browser.text("#pauses").await.contains("Tencent incident"));
-    browser.screenshot(shots.as_deref(), "actions").await;
-    sources.push(browser.source().await);
-    browser.click("button.resume").await;
-    assert!(browser.text("#done").await.contains("resumed"));
-    let pauses: i64 = sqlx::query_scalar("SELECT count(*) FROM app_pauses").fetch_one(&env.pool).await.unwrap();
-    assert_eq!(pauses, 0);
-    let log = browser.text("#actions-log").await;
-    assert!(log.contains("alice resume") && log.contains("alice pause") && log.contains("alice replay"), "{log}");
+    let mut story = Story { env, base, browser, shots: screenshots(), sources: Vec::new() };
+    story.read_the_pages().await;
+    story.replay_and_pause().await;
 
     // No page ever showed a secret.
-    for source in &sources {
-        for secret in [TOKEN, SECRET_KEY, env.amqp_url.as_str(), env.database_url.as_str(), "guest:guest"] {
+    for source in &story.sources {
+        for secret in [TOKEN, SECRET_KEY, story.env.amqp_url.as_str(), story.env.database_url.as_str(), "guest:guest"] {
             assert!(!source.contains(secret), "a page shows {secret:?}");
         }
     }
-    browser.quit().await;
+    story.browser.quit().await;
     eprintln!("browser story: {:.1} s wall time", started.elapsed().as_secs_f64());
 }
 

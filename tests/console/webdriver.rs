@@ -80,7 +80,11 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("no browser session: {answer}; {INSTALL}"))
             .to_owned();
-        Browser { client, base: format!("{root}/session/{session}"), _driver: child, _profile: profile }
+        let browser = Browser { client, base: format!("{root}/session/{session}"), _driver: child, _profile: profile };
+        // A click that submits a form may return before the next page is
+        // there: finding an element waits for it (up to 10 s).
+        browser.call(reqwest::Method::POST, "/timeouts", Some(json!({"implicit": 10_000}))).await;
+        browser
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -95,10 +99,6 @@ impl Browser {
 
     pub async fn goto(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
-    }
-
-    pub async fn url(&self) -> String {
-        self.call(reqwest::Method::GET, "/url", None).await.as_str().unwrap_or_default().to_owned()
     }
 
     async fn element(&self, css: &str) -> String {
@@ -126,6 +126,39 @@ impl Browser {
             .as_str()
             .unwrap_or_default()
             .to_owned()
+    }
+
+    /// Waits until the element's text holds `needle` (the old page may
+    /// still be showing right after a click), then returns that text.
+    pub async fn wait_for_text(&self, css: &str, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = self
+                .client
+                .post(format!("{}/element", self.base))
+                .json(&json!({"using": "css selector", "value": css}))
+                .send()
+                .await
+                .expect("chromedriver answers");
+            let found: Value = answer.json().await.expect("JSON");
+            if let Some(id) = found["value"][ELEMENT].as_str() {
+                let text: Value = self
+                    .client
+                    .get(format!("{}/element/{id}/text", self.base))
+                    .send()
+                    .await
+                    .expect("chromedriver answers")
+                    .json()
+                    .await
+                    .expect("JSON");
+                let text = text["value"].as_str().unwrap_or_default().to_owned();
+                if text.contains(needle) {
+                    return text;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "{css} never showed {needle:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn enabled(&self, css: &str) -> bool {

@@ -211,6 +211,16 @@ impl Story {
         assert_eq!(self.env.depth(&self.env.topology.dead_letter_queue).await, 2, "the 70107s stay");
         assert_eq!(self.env.depth(&self.env.topology.queue).await, 4, "the 91000s are back on the jobs queue");
 
+        // Discard the two 70107s (say their accounts were deleted): previewed, confirmed, gone.
+        self.browser.click("#bulk select[name=what] option[value=discard]").await;
+        self.browser.fill("#bulk input[name=error_code]", "70107").await;
+        self.browser.click("#preview").await;
+        assert_eq!(self.browser.wait_for_text("#preview-count", "discard").await, "This would discard 2 job(s).");
+        self.browser.click("#confirm-button").await;
+        self.browser.wait_for_text("#done", "discard: 2 job(s)").await;
+        assert_eq!(self.env.depth(&self.env.topology.dead_letter_queue).await, 0);
+        assert_eq!(state(&self.env, "job-5").await, "dead_lettered", "a discard leaves the row as it was");
+
         // Pause the app, then resume it; both land in the pause table and the log.
         self.browser.fill("#pause input[name=reason]", "Tencent incident").await;
         self.browser.click("#pause-button").await;
@@ -229,7 +239,9 @@ impl Story {
             sqlx::query_scalar("SELECT count(*) FROM app_pauses").fetch_one(&self.env.pool).await.unwrap();
         assert_eq!(pauses, 0);
         let log = self.browser.text("#actions-log").await;
-        assert!(log.contains("alice resume") && log.contains("alice pause") && log.contains("alice replay"), "{log}");
+        for action in ["resume", "pause", "discard", "replay"] {
+            assert!(log.contains(&format!("alice {action}")), "{action} in {log}");
+        }
     }
 }
 

@@ -89,6 +89,11 @@ async fn run(console: &Shared, form: &ActionForm, dry: bool) -> Result<Result<Ve
     };
     let connection = console.broker().await.map_err(|e| e.to_string())?;
     if form.what == "discard" {
+        if filter.since.is_some() || filter.until.is_some() {
+            return Ok(
+                Err("Discard filters dead letters by ErrorCode and account only: clear the time fields.".into()),
+            );
+        }
         if source(form) == Source::Table {
             return Ok(Err("Discard takes dead letters off the queue; choose the dead-letter queue as source.".into()));
         }
@@ -224,7 +229,11 @@ pub async fn confirm(State(console): State<Shared>, headers: HeaderMap, Form(for
         Err(error) => return failed("carry out the action", error),
     };
     let verb = if form.what == "discard" { "discard" } else { "replay" };
-    let filter = serde_json::to_value(&form).unwrap_or_default();
+    // The log keeps the fields that were set, so it reads as the filter did.
+    let mut filter = serde_json::to_value(&form).unwrap_or_default();
+    if let Some(fields) = filter.as_object_mut() {
+        fields.retain(|_, value| value.as_str().is_none_or(|text| !text.trim().is_empty()));
+    }
     let who = &console.config.token_name;
     if let Err(error) = crate::ops::pause::record(console.store.pool(), who, verb, &filter, ids.len() as u64).await {
         return failed("record the action (it was done)", error);

@@ -98,11 +98,11 @@ fn drain(depth: Option<u32>, per_second: f64) -> Markup {
 pub async fn overview(State(console): State<Shared>, headers: HeaderMap) -> Response {
     let pool = console.store.pool();
     let loaded = async {
-        Ok::<_, sqlx::Error>((
+        Ok::<_, crate::ops::OpsError>((
             compute_rates(&console).await?,
             queries::counts(pool).await?,
             queries::refusals(pool).await?,
-            crate::ops::pause::pauses(pool).await.map_err(|e| sqlx::Error::Protocol(e.to_string()))?,
+            crate::ops::pause::pauses(pool).await?,
         ))
     };
     let (rates, counts, refusals, pauses) = match loaded.await {
@@ -232,7 +232,7 @@ pub async fn job(State(console): State<Shared>, headers: HeaderMap, Path(job_id)
         None => None,
     };
     let body = super::story::render(&story, call.as_ref());
-    layout::render(Page::Jobs, &format!("Job {}", story.job_id), console.sessions.of(&headers).as_ref(), body)
+    layout::render(Page::Jobs, &format!("Job {}", story.record.job_id), console.sessions.of(&headers).as_ref(), body)
         .into_response()
 }
 

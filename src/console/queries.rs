@@ -181,20 +181,14 @@ pub async fn search(pool: &PgPool, search: &Search) -> Result<Result<Vec<JobLine
     Ok(Ok(q.build_query_as().fetch_all(pool).await?))
 }
 
-/// One job's row, with both lives if it was replayed.
+/// One job's row, with both lives if it was replayed: the audit record
+/// (`tagsweep jobs` reads the same) plus what the story adds.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct JobStory {
-    pub job_id: String,
-    pub account: Option<String>,
-    pub tags: Vec<String>,
-    pub status: String,
-    pub attempts: i32,
-    pub error_code: Option<i32>,
-    pub error_info: Option<String>,
-    pub received_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub record: crate::ops::audit::JobRecord,
     pub last_call_id: Option<Uuid>,
-    pub replay_count: i32,
     pub replayed_at: Option<DateTime<Utc>>,
     pub previous_error_code: Option<i32>,
     pub previous_error_info: Option<String>,

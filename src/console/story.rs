@@ -7,31 +7,32 @@ use super::layout::{maybe, maybe_time, time};
 use super::queries::{Call, JobStory};
 
 pub fn render(story: &JobStory, call: Option<&Call>) -> Markup {
+    let job = &story.record;
     html! {
         table #job {
-            tr { th { "job id" } td { code { (story.job_id) } } }
-            tr { th { "account" } td { (maybe(story.account.as_deref())) } }
-            tr { th { "tags" } td { @if story.tags.is_empty() { "all tags" } @else { (story.tags.join(", ")) } } }
+            tr { th { "job id" } td { code { (job.job_id) } } }
+            tr { th { "account" } td { (maybe(job.account.as_deref())) } }
+            tr { th { "tags" } td { @if job.tags.is_empty() { "all tags" } @else { (job.tags.join(", ")) } } }
             tr { th { "app" } td { (maybe(story.sdkappid)) } }
-            tr { th { "status" } td class=(format!("status-{}", story.status)) { (story.status) } }
-            tr { th { "received" } td { (time(story.received_at)) } }
+            tr { th { "status" } td class=(format!("status-{}", job.status)) { (job.status) } }
+            tr { th { "received" } td { (time(job.received_at)) } }
         }
         h2 { "Lives" }
         table #lives {
             tr { th { "life" } th { "ended" } th { "ErrorCode" } th { "why" } }
-            @if story.replay_count > 0 {
+            @if job.replay_count > 0 {
                 tr.previous {
-                    td { "before replay " (story.replay_count) }
+                    td { "before replay " (job.replay_count) }
                     td { "dead-lettered; replayed " (maybe_time(story.replayed_at)) }
                     td { (maybe(story.previous_error_code)) }
                     td { (maybe(story.previous_error_info.as_deref())) }
                 }
             }
             tr.current {
-                td { @if story.replay_count > 0 { "after replay" } @else { "only" } }
-                td { (story.status) " " (maybe_time(story.finished_at)) " after " (story.attempts) " call(s)" }
-                td { (maybe(story.error_code)) }
-                td { (maybe(story.error_info.as_deref())) }
+                td { @if job.replay_count > 0 { "after replay" } @else { "only" } }
+                td { (job.status) " " (maybe_time(job.finished_at)) " after " (job.attempts) " call(s)" }
+                td { (maybe(job.error_code)) }
+                td { (maybe(job.error_info.as_deref())) }
             }
         }
         h2 { "The call that carried it last" }
@@ -46,6 +47,6 @@ pub fn render(story: &JobStory, call: Option<&Call>) -> Markup {
                 }
             }
         }
-        p { a href=(format!("/jobs?account={}", story.account.as_deref().map(super::pages::urlencode).unwrap_or_default())) { "Other jobs of this account" } }
+        p { a href=(format!("/jobs?account={}", job.account.as_deref().map(super::pages::urlencode).unwrap_or_default())) { "Other jobs of this account" } }
     }
 }

@@ -148,7 +148,9 @@ impl Story {
         assert_eq!(self.browser.text("#dead-lettered").await, "60");
         assert_eq!(self.browser.text("#dead-depth").await, "6");
         assert!(self.browser.text("#refusals").await.contains("91000"));
-        tokio::time::sleep(Duration::from_millis(500)).await; // the chart's first poll
+        // The script polled the rates and drew them against each app's limit.
+        let legend = self.browser.wait_for_text("#legend", "limit 50").await;
+        assert!(legend.contains(&format!("{SDKAPPID}:")) && legend.contains("calls/s"), "{legend}");
         self.browser.screenshot(self.shots.as_deref(), "overview").await;
         self.sources.push(self.browser.source().await);
 
@@ -167,6 +169,8 @@ impl Story {
             "{lives}"
         );
         assert!(self.browser.text("#calls").await.contains("success"));
+        let received = self.browser.text("#job time").await;
+        assert!(!received.ends_with("UTC"), "shown in the viewer's zone, not {received:?}");
         self.browser.screenshot(self.shots.as_deref(), "job").await;
         self.sources.push(self.browser.source().await);
 

@@ -293,7 +293,7 @@ async fn actions_need_the_token_and_the_sessions_csrf_token() {
     let wrong = client
         .post(format!("{base}/login"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(serde_urlencoded::to_string(&[("token", "not-the-token")]).unwrap())
+        .body(serde_urlencoded::to_string([("token", "not-the-token")]).unwrap())
         .send()
         .await
         .unwrap();
@@ -301,7 +301,7 @@ async fn actions_need_the_token_and_the_sessions_csrf_token() {
     let login = client
         .post(format!("{base}/login"))
         .header("content-type", "application/x-www-form-urlencoded")
-        .body(serde_urlencoded::to_string(&[("token", TOKEN)]).unwrap())
+        .body(serde_urlencoded::to_string([("token", TOKEN)]).unwrap())
         .send()
         .await
         .unwrap();

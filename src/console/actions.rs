@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::{Deserialize, Serialize};
 
-use super::auth::{Session, authorize, refuse};
+use super::auth::{Session, refusal, refuse};
 use super::layout::{self, Page, csrf, maybe, time};
 use super::pages::failed;
 use super::{Shared, broker};
@@ -192,7 +192,7 @@ fn paused_table(pauses: &[crate::ops::pause::Pause], session: Option<&Session>, 
 }
 
 pub async fn preview(State(console): State<Shared>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
-    if let Err(refused) = authorize(&console, &headers, &form.csrf) {
+    if let Some(refused) = refusal(&console, &headers, &form.csrf) {
         return refused;
     }
     let session = console.sessions.of(&headers);
@@ -220,7 +220,7 @@ pub async fn preview(State(console): State<Shared>, headers: HeaderMap, Form(for
 }
 
 pub async fn confirm(State(console): State<Shared>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
-    if let Err(refused) = authorize(&console, &headers, &form.csrf) {
+    if let Some(refused) = refusal(&console, &headers, &form.csrf) {
         return refused;
     }
     let ids = match run(&console, &form, false).await {
@@ -253,7 +253,7 @@ pub struct PauseForm {
 }
 
 async fn pause_or_resume(console: Shared, headers: HeaderMap, form: PauseForm, pause: bool) -> Response {
-    if let Err(refused) = authorize(&console, &headers, &form.csrf) {
+    if let Some(refused) = refusal(&console, &headers, &form.csrf) {
         return refused;
     }
     let Ok(app) = form.app.trim().parse::<u64>() else {

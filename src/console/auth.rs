@@ -87,25 +87,25 @@ pub fn refuse(status: StatusCode, why: &str) -> Response {
     (status, layout::render(Page::Actions, "Refused", None, body)).into_response()
 }
 
-/// Checks that the request may act: a token is configured, the session is
-/// open, and the form's CSRF token is the session's.
-pub fn authorize(console: &Shared, headers: &HeaderMap, csrf: &str) -> Result<(), Response> {
+/// Why the request may not act, if it may not: no token is configured, no
+/// session is open, or the form's CSRF token is not the session's.
+pub fn refusal(console: &Shared, headers: &HeaderMap, csrf: &str) -> Option<Response> {
     if console.config.token.is_none() {
-        return Err(refuse(
+        return Some(refuse(
             StatusCode::FORBIDDEN,
             "This console is read-only: start it with --token to allow actions.",
         ));
     }
     let Some(session) = console.sessions.of(headers) else {
-        return Err(refuse(StatusCode::UNAUTHORIZED, "Log in with the console token first."));
+        return Some(refuse(StatusCode::UNAUTHORIZED, "Log in with the console token first."));
     };
     if !same(&session.csrf, csrf) {
-        return Err(refuse(
+        return Some(refuse(
             StatusCode::FORBIDDEN,
             "The form's CSRF token does not match this session: reload and retry.",
         ));
     }
-    Ok(())
+    None
 }
 
 pub async fn login_page(State(console): State<Shared>, headers: HeaderMap) -> Response {
@@ -154,7 +154,7 @@ pub struct CsrfForm {
 }
 
 pub async fn logout(State(console): State<Shared>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
-    if let Err(refused) = authorize(&console, &headers, &form.csrf) {
+    if let Some(refused) = refusal(&console, &headers, &form.csrf) {
         return refused;
     }
     if let Some(id) = cookie(&headers) {

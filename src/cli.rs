@@ -41,6 +41,12 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure throughput, pacing, CPU and memory against the simulator.
     Bench(BenchArgs),
+    /// Serve the operator console (web) for the whole fleet.
+    Console(Box<crate::console::command::ConsoleArgs>),
+    /// Pause an app fleet-wide: workers stop taking its jobs, which stay queued.
+    Pause(crate::console::command::PauseArgs),
+    /// Resume a paused app.
+    Resume(crate::console::command::PauseArgs),
     /// Exit 0 if URL answers 200 (container healthchecks; the image has no curl).
     Probe {
         /// e.g. http://127.0.0.1:9090/readyz
@@ -286,6 +292,9 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Replay(args) => finish(replay(args).await),
+        Command::Console(args) => crate::console::command::console(*args).await,
+        Command::Pause(args) => finish(crate::console::command::pause(args, true).await),
+        Command::Resume(args) => finish(crate::console::command::pause(args, false).await),
         Command::Jobs(args) => finish(jobs(args).await),
         Command::Demo(args) => finish(
             ops::demo::run(ops::demo::DemoOptions {

@@ -11,13 +11,15 @@
 //! - [`queue`]: RabbitMQ topology, acknowledgements and dead letters;
 //! - [`worker`]: the pipeline that ties them together ([`worker::run`]);
 //! - [`sim`]: a local stand-in for Tencent's endpoint, for tests and demos;
-//! - [`ops`]: the operators' commands (enqueue, replay, audit, demo);
+//! - [`ops`]: the operators' commands (enqueue, replay, audit, pause, demo);
+//! - [`console`]: the operators' web console over the whole fleet;
 //! - [`config`], [`cli`] and [`telemetry`]: how it is started and observed.
 
 pub mod api;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod job;
 pub mod limit;
 pub mod ops;

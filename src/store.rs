@@ -172,4 +172,20 @@ impl Store {
             .await?;
         Ok(())
     }
+
+    /// The apps paused fleet-wide (`tagsweep pause`, or the console). The
+    /// worker polls this every few seconds and takes none of their jobs.
+    pub async fn paused_apps(&self) -> Result<HashSet<u64>, StoreError> {
+        let rows: Vec<i64> = sqlx::query_scalar("SELECT sdkappid FROM app_pauses").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().filter_map(|app| u64::try_from(app).ok()).collect())
+    }
+
+    pub async fn is_paused(&self, sdkappid: u64) -> Result<bool, StoreError> {
+        let app = i64::try_from(sdkappid).unwrap_or(i64::MAX);
+        let found: Option<i64> = sqlx::query_scalar("SELECT sdkappid FROM app_pauses WHERE sdkappid = $1")
+            .bind(app)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
 }

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod enqueue;
+pub mod pause;
 pub mod replay;
 
 /// The same server URL with another database name.

@@ -67,17 +67,18 @@ pub struct Store {
 const RECORD: &str = r#"
 WITH calls AS (
     INSERT INTO api_calls
-        (call_id, started_at, latency_ms, entries, attempt, http_status, error_code, error_info, outcome)
-    SELECT call_id, started_at, latency_ms, entries, attempt, http_status, error_code, error_info, outcome
+        (call_id, started_at, latency_ms, entries, attempt, http_status, error_code, error_info, outcome, sdkappid)
+    SELECT call_id, started_at, latency_ms, entries, attempt, http_status, error_code, error_info, outcome, $3
     FROM jsonb_to_recordset($1::jsonb) AS c(
         call_id uuid, started_at timestamptz, latency_ms int, entries int, attempt int,
         http_status int, error_code int, error_info text, outcome text)
     ON CONFLICT (call_id) DO NOTHING
 )
 INSERT INTO tag_removal_jobs
-    (job_id, account, tags, status, attempts, error_code, error_info, received_at, finished_at, last_call_id)
+    (job_id, account, tags, status, attempts, error_code, error_info, received_at, finished_at, last_call_id,
+     sdkappid)
 SELECT j.job_id, j.account, ARRAY(SELECT jsonb_array_elements_text(j.tags)), j.status, j.attempts,
-       j.error_code, j.error_info, j.received_at, j.finished_at, j.last_call_id
+       j.error_code, j.error_info, j.received_at, j.finished_at, j.last_call_id, $3
 FROM jsonb_to_recordset($2::jsonb) AS j(
     job_id text, account text, tags jsonb, status text, attempts int, error_code int,
     error_info text, received_at timestamptz, finished_at timestamptz, last_call_id uuid)
@@ -90,7 +91,8 @@ ON CONFLICT (job_id) DO UPDATE SET
     error_info   = EXCLUDED.error_info,
     received_at  = LEAST(tag_removal_jobs.received_at, EXCLUDED.received_at),
     finished_at  = EXCLUDED.finished_at,
-    last_call_id = EXCLUDED.last_call_id
+    last_call_id = EXCLUDED.last_call_id,
+    sdkappid     = EXCLUDED.sdkappid
 -- A terminal row is final: a job sent twice keeps its first outcome.
 WHERE tag_removal_jobs.status NOT IN ('succeeded', 'dead_lettered')
 "#;
@@ -161,13 +163,14 @@ impl Store {
     }
 
     /// Writes calls and terminal jobs in one statement (one round trip).
-    pub async fn record(&self, calls: &[CallRow], jobs: &[JobRow]) -> Result<(), StoreError> {
+    pub async fn record(&self, sdkappid: u64, calls: &[CallRow], jobs: &[JobRow]) -> Result<(), StoreError> {
         if calls.is_empty() && jobs.is_empty() {
             return Ok(());
         }
         sqlx::query(RECORD)
             .bind(serde_json::to_value(calls)?)
             .bind(serde_json::to_value(jobs)?)
+            .bind(i64::try_from(sdkappid).ok())
             .execute(&self.pool)
             .await?;
         Ok(())

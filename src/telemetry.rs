@@ -48,6 +48,8 @@ pub mod names {
     pub const PERSIST_ROWS: &str = "tagsweep_persist_rows";
     /// Statements the worker sent to PostgreSQL (admission checks and writes).
     pub const DB_STATEMENTS: &str = "tagsweep_db_statements_total";
+    /// 1 while the app is paused fleet-wide (`tagsweep pause`), else 0.
+    pub const APP_PAUSED: &str = "tagsweep_app_paused";
 }
 
 static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
@@ -85,13 +87,16 @@ fn describe() {
     describe_gauge!(names::JOBS_IN_HAND, "Jobs taken from the queue and not yet acknowledged");
     describe_histogram!(names::PERSIST_LATENCY, metrics::Unit::Seconds, "Recording a group of finished jobs");
     describe_histogram!(names::PERSIST_ROWS, metrics::Unit::Count, "Job rows recorded by one statement");
+    describe_gauge!(names::APP_PAUSED, "1 while the app is paused fleet-wide (tagsweep pause), else 0");
 }
 
-/// What /readyz reports: ready only while both connections are up.
+/// What /readyz reports: ready only while both connections are up and
+/// the app is not paused (`tagsweep pause`).
 #[derive(Debug, Default)]
 pub struct Health {
     pub broker: std::sync::atomic::AtomicBool,
     pub database: std::sync::atomic::AtomicBool,
+    pub paused: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
@@ -103,9 +108,18 @@ impl Health {
         self.database.store(up, std::sync::atomic::Ordering::Relaxed);
     }
 
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn ready(&self) -> bool {
         self.broker.load(std::sync::atomic::Ordering::Relaxed)
             && self.database.load(std::sync::atomic::Ordering::Relaxed)
+            && !self.is_paused()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -124,9 +138,10 @@ pub async fn serve(
         .route(
             "/readyz",
             get(move || {
-                let ok = ready.ready();
-                std::future::ready(if ok {
+                std::future::ready(if ready.ready() {
                     (StatusCode::OK, "ready")
+                } else if ready.is_paused() {
+                    (StatusCode::SERVICE_UNAVAILABLE, "paused: `tagsweep resume` lets it take jobs again")
                 } else {
                     (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker and the database")
                 })

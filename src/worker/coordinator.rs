@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::stream::ReadyChunks;
 use lapin::options::BasicCancelOptions;
 use lapin::{Channel, Consumer, message::Delivery};
 use tokio::sync::mpsc;
@@ -27,16 +28,22 @@ use super::startup::Started;
 use super::{Summary, WorkerError};
 
 mod intake;
+mod pause;
 
 use crate::batch::Packer;
 use crate::config::Config;
 use crate::store::Store;
 use crate::telemetry::{Health, names};
 use intake::{Admission, Checked};
+use pause::Intake;
 
 /// Deliveries taken off the consumer in one go, checked against the job
 /// table with one query.
 const INTAKE_CHUNK: usize = 512;
+
+/// How often the pause table is read: "within a few seconds" (CONTRACT §9)
+/// at one cheap primary-key lookup per worker every two seconds.
+const PAUSE_POLL: Duration = Duration::from_secs(2);
 
 /// Where a run is in its life.
 #[derive(Debug)]
@@ -55,7 +62,14 @@ pub(super) enum Lifecycle {
 struct Coordinator {
     lifecycle: Lifecycle,
     channel: Channel,
+    /// None once a paused consumer's stream has ended.
+    consumer: Option<ReadyChunks<Consumer>>,
     consumer_tag: String,
+    intake: Intake,
+    queue: String,
+    sdkappid: u64,
+    /// Where pause checks answer.
+    pauses: mpsc::UnboundedSender<bool>,
     store: Store,
     calls: Arc<CallContext>,
     ledger: Ledger,
@@ -80,6 +94,7 @@ struct Events {
     reports: mpsc::UnboundedReceiver<BatchReport>,
     persisted: mpsc::UnboundedReceiver<Persisted>,
     checks: mpsc::UnboundedReceiver<Checked>,
+    pauses: mpsc::UnboundedReceiver<bool>,
 }
 
 /// Runs the pipeline on what [`super::startup`] opened until it stops.
@@ -93,6 +108,7 @@ pub(super) async fn run(
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let (persisted_tx, persisted) = mpsc::unbounded_channel();
     let (checks_tx, checks) = mpsc::unbounded_channel();
+    let (pauses_tx, pauses) = mpsc::unbounded_channel();
     let (settler, settling) = Settler::spawn(started.channel.clone(), config.prefetch);
     let persister = Persister::new(
         started.store.clone(),
@@ -100,11 +116,21 @@ pub(super) async fn run(
         persisted_tx,
         started.calls.stop.clone(),
         health.clone(),
+        config.api.sdkappid,
     );
     let coordinator = Coordinator {
         lifecycle: Lifecycle::Running,
         channel: started.channel.clone(),
+        // Whatever is ready arrives as one chunk, checked against the job
+        // table with one query. (Draining with `now_or_never` would poll the
+        // consumer with a no-op waker and lose the wake-up for the next
+        // delivery: the loop would then only notice it on another event.)
+        consumer: Some(consumer.ready_chunks(INTAKE_CHUNK)),
         consumer_tag: started.consumer_tag.clone(),
+        intake: Intake::Consuming,
+        queue: config.topology.queue.clone(),
+        sdkappid: config.api.sdkappid,
+        pauses: pauses_tx,
         store: started.store.clone(),
         calls: started.calls.clone(),
         ledger: Ledger::default(),
@@ -120,7 +146,7 @@ pub(super) async fn run(
         summary: Summary::default(),
         health,
     };
-    let result = coordinator.run(consumer, Events { reports, persisted, checks }, shutdown).await;
+    let result = coordinator.run(Events { reports, persisted, checks, pauses }, shutdown).await;
     // The coordinator is gone with the settler: wait for the last frames.
     let _ = settling.await;
     result
@@ -129,16 +155,12 @@ pub(super) async fn run(
 impl Coordinator {
     async fn run(
         mut self,
-        consumer: Consumer,
         mut events: Events,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<Summary, WorkerError> {
         let mut shutdown = std::pin::pin!(shutdown);
-        // Whatever is ready arrives as one chunk, checked against the job
-        // table with one query. (Draining with `now_or_never` would poll the
-        // consumer with a no-op waker and lose the wake-up for the next
-        // delivery: the loop would then only notice it on another event.)
-        let mut consumer = consumer.ready_chunks(INTAKE_CHUNK);
+        let mut pause_poll = tokio::time::interval(PAUSE_POLL);
+        pause_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // lapin consumers have been seen to stall silently after a broker
         // death; the channel's own status is checked every second instead of
         // trusting the stream to end.
@@ -161,7 +183,11 @@ impl Coordinator {
                 Some(report) = events.reports.recv() => self.on_report(report).await,
                 Some(done) = events.persisted.recv() => self.on_persisted(done),
                 Some(checked) = events.checks.recv() => self.on_checked(checked),
-                ready = consumer.next(), if running && self.admission.is_none() => self.on_deliveries(ready).await,
+                Some(paused) = events.pauses.recv() => self.on_pause_state(paused).await,
+                ready = next_chunk(&mut self.consumer), if running && self.admission.is_none() => {
+                    self.on_deliveries(ready).await;
+                }
+                _ = pause_poll.tick(), if running => self.check_pause(),
                 _ = watchdog.tick(), if running => self.on_tick().await,
                 () = sleep_until_opt(admission_retry), if running => self.check_admission(),
                 () = sleep_until_opt(linger_deadline), if running => {}
@@ -196,8 +222,9 @@ impl Coordinator {
             return;
         }
         self.lifecycle = Lifecycle::Stopping { since: Instant::now(), cause };
-        if let Err(error) =
-            self.channel.basic_cancel(self.consumer_tag.as_str().into(), BasicCancelOptions::default()).await
+        if self.intake == Intake::Consuming
+            && let Err(error) =
+                self.channel.basic_cancel(self.consumer_tag.as_str().into(), BasicCancelOptions::default()).await
         {
             tracing::warn!("could not cancel the consumer: {error}");
         }
@@ -289,6 +316,11 @@ impl Coordinator {
 
     async fn on_deliveries(&mut self, ready: Option<Vec<Result<Delivery, lapin::Error>>>) {
         let Some(ready) = ready else {
+            self.consumer = None;
+            if self.intake == Intake::Cancelling {
+                self.intake = Intake::Paused;
+                return;
+            }
             return self.stop(Some(WorkerError::ConsumerLost("the broker cancelled the consumer".into()))).await;
         };
         let mut chunk = Vec::with_capacity(ready.len());
@@ -313,6 +345,14 @@ impl Coordinator {
         if !connected {
             self.stop(Some(WorkerError::ConsumerLost("the broker connection is gone".into()))).await;
         }
+    }
+}
+
+/// The next chunk of deliveries; pending forever without a consumer.
+async fn next_chunk(consumer: &mut Option<ReadyChunks<Consumer>>) -> Option<Vec<Result<Delivery, lapin::Error>>> {
+    match consumer {
+        Some(consumer) => consumer.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -47,6 +47,8 @@ pub(super) struct Persister {
     /// Gives up the database retries at shutdown.
     stop: CancellationToken,
     health: Arc<Health>,
+    /// The app every row and call of this pipeline belongs to (CONTRACT §7).
+    sdkappid: u64,
     out: usize,
 }
 
@@ -57,8 +59,9 @@ impl Persister {
         done: mpsc::UnboundedSender<Persisted>,
         stop: CancellationToken,
         health: Arc<Health>,
+        sdkappid: u64,
     ) -> Self {
-        Persister { store, dead_letters, done, stop, health, out: 0 }
+        Persister { store, dead_letters, done, stop, health, sdkappid, out: 0 }
     }
 
     pub(super) fn has_room(&self) -> bool {
@@ -80,10 +83,10 @@ impl Persister {
         self.out += 1;
         metrics::histogram!(names::PERSIST_ROWS).record(rows.len() as f64);
         let (store, dead_letters, done) = (self.store.clone(), self.dead_letters.clone(), self.done.clone());
-        let (stop, health) = (self.stop.clone(), self.health.clone());
+        let (stop, health, sdkappid) = (self.stop.clone(), self.health.clone(), self.sdkappid);
         tokio::spawn(async move {
             let started = Instant::now();
-            let ok = persist(&store, &dead_letters, &calls, &rows, &letters, &stop, &health).await;
+            let ok = persist(&store, &dead_letters, sdkappid, &calls, &rows, &letters, &stop, &health).await;
             metrics::histogram!(names::PERSIST_LATENCY).record(started.elapsed().as_secs_f64());
             let _ = done.send(Persisted { tags, job_ids, succeeded, dead_lettered, ok });
         });
@@ -96,6 +99,7 @@ impl Persister {
 async fn persist(
     store: &Store,
     dead_letters: &DeadLetters,
+    sdkappid: u64,
     calls: &[CallRow],
     rows: &[JobRow],
     letters: &[DeadLetter],
@@ -117,7 +121,7 @@ async fn persist(
     .backoff();
     loop {
         metrics::counter!(names::DB_STATEMENTS).increment(1);
-        match store.record(calls, rows).await {
+        match store.record(sdkappid, calls, rows).await {
             Ok(()) => {
                 health.set_database(true);
                 return true;
@@ -131,7 +135,7 @@ async fn persist(
                     () = tokio::time::sleep(delay) => continue,
                 }
                 // Stopping: one last try, then hand the jobs back.
-                return store.record(calls, rows).await.is_ok();
+                return store.record(sdkappid, calls, rows).await.is_ok();
             }
         }
     }

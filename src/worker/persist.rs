@@ -41,15 +41,21 @@ pub(super) struct Persisted {
 
 #[derive(Debug)]
 pub(super) struct Persister {
+    recorder: Recorder,
+    done: mpsc::UnboundedSender<Persisted>,
+    out: usize,
+}
+
+/// What a persist task needs, cloned into each.
+#[derive(Debug, Clone)]
+struct Recorder {
     store: Store,
     dead_letters: DeadLetters,
-    done: mpsc::UnboundedSender<Persisted>,
     /// Gives up the database retries at shutdown.
     stop: CancellationToken,
     health: Arc<Health>,
     /// The app every row and call of this pipeline belongs to (CONTRACT §7).
     sdkappid: u64,
-    out: usize,
 }
 
 impl Persister {
@@ -61,7 +67,7 @@ impl Persister {
         health: Arc<Health>,
         sdkappid: u64,
     ) -> Self {
-        Persister { store, dead_letters, done, stop, health, sdkappid, out: 0 }
+        Persister { recorder: Recorder { store, dead_letters, stop, health, sdkappid }, done, out: 0 }
     }
 
     pub(super) fn has_room(&self) -> bool {
@@ -82,11 +88,10 @@ impl Persister {
         let Group { calls, rows, letters, tags, job_ids, succeeded, dead_lettered } = group;
         self.out += 1;
         metrics::histogram!(names::PERSIST_ROWS).record(rows.len() as f64);
-        let (store, dead_letters, done) = (self.store.clone(), self.dead_letters.clone(), self.done.clone());
-        let (stop, health, sdkappid) = (self.stop.clone(), self.health.clone(), self.sdkappid);
+        let (recorder, done) = (self.recorder.clone(), self.done.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let ok = persist(&store, &dead_letters, sdkappid, &calls, &rows, &letters, &stop, &health).await;
+            let ok = recorder.persist(&calls, &rows, &letters).await;
             metrics::histogram!(names::PERSIST_LATENCY).record(started.elapsed().as_secs_f64());
             let _ = done.send(Persisted { tags, job_ids, succeeded, dead_lettered, ok });
         });
@@ -96,46 +101,41 @@ impl Persister {
 /// Dead letters first (confirmed), then one statement for every row. The
 /// database write is retried while it fails, until shutdown gives up on it
 /// (the jobs then return to the queue: at worst dead-lettered twice).
-async fn persist(
-    store: &Store,
-    dead_letters: &DeadLetters,
-    sdkappid: u64,
-    calls: &[CallRow],
-    rows: &[JobRow],
-    letters: &[DeadLetter],
-    stop: &CancellationToken,
-    health: &Health,
-) -> bool {
-    if !letters.is_empty()
-        && let Err(error) = dead_letters.publish(letters).await
-    {
-        tracing::error!("dead-letter publish failed: {error}; the jobs return to the queue");
-        return false;
-    }
-    metrics::counter!(names::DEAD_LETTERS).increment(letters.len() as u64);
-    let mut backoff = RetryPolicy {
-        initial: Duration::from_millis(100),
-        max_interval: Duration::from_secs(5),
-        max_elapsed: Duration::MAX,
-    }
-    .backoff();
-    loop {
-        metrics::counter!(names::DB_STATEMENTS).increment(1);
-        match store.record(sdkappid, calls, rows).await {
-            Ok(()) => {
-                health.set_database(true);
-                return true;
-            }
-            Err(error) => {
-                health.set_database(false);
-                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!("recording {} jobs failed ({error}); retrying in {delay:?}", rows.len());
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = tokio::time::sleep(delay) => continue,
+impl Recorder {
+    async fn persist(&self, calls: &[CallRow], rows: &[JobRow], letters: &[DeadLetter]) -> bool {
+        let Recorder { store, dead_letters, stop, health, sdkappid } = self;
+        let sdkappid = *sdkappid;
+        if !letters.is_empty()
+            && let Err(error) = dead_letters.publish(letters).await
+        {
+            tracing::error!("dead-letter publish failed: {error}; the jobs return to the queue");
+            return false;
+        }
+        metrics::counter!(names::DEAD_LETTERS).increment(letters.len() as u64);
+        let mut backoff = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max_interval: Duration::from_secs(5),
+            max_elapsed: Duration::MAX,
+        }
+        .backoff();
+        loop {
+            metrics::counter!(names::DB_STATEMENTS).increment(1);
+            match store.record(sdkappid, calls, rows).await {
+                Ok(()) => {
+                    health.set_database(true);
+                    return true;
                 }
-                // Stopping: one last try, then hand the jobs back.
-                return store.record(sdkappid, calls, rows).await.is_ok();
+                Err(error) => {
+                    health.set_database(false);
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!("recording {} jobs failed ({error}); retrying in {delay:?}", rows.len());
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                    // Stopping: one last try, then hand the jobs back.
+                    return store.record(sdkappid, calls, rows).await.is_ok();
+                }
             }
         }
     }

@@ -45,6 +45,8 @@ async fn a_nul_character_in_any_field_is_dead_lettered_and_nothing_stalls() {
         assert!(tokio::time::Instant::now() < deadline, "the copies are never taken");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Taken is not yet settled: one admission check finds their rows.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let summary = tokio::time::timeout(Duration::from_secs(15), worker.stop())
         .await
         .expect("the worker stops promptly")

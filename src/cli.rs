@@ -2,8 +2,10 @@
 //!
 //! Each subcommand parses its flags (every flag also reads an environment
 //! variable), turns them into typed configuration, and calls into the
-//! library. Exit codes: 0 done, 1 a failure a restart may cure, 2 bad
-//! configuration, 3 credentials Tencent refused.
+//! library. Exit codes: 0 done, 1 a failure a restart may cure (a service
+//! still unreachable after --connect-timeout-ms, a lost connection), 2 bad
+//! configuration (flags, URLs, passwords, vhosts, databases, TLS,
+//! permissions: a restart cannot cure it), 3 credentials Tencent refused.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,6 +43,10 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure throughput, pacing, CPU and memory against the simulator.
     Bench(BenchArgs),
+    /// Preflight: broker, database, clock and the app's credentials, as a checklist.
+    Check(Box<RunArgs>),
+    /// Delete terminal job rows and call rows older than an age, in small batches.
+    Prune(PruneArgs),
     /// Exit 0 if URL answers 200 (container healthchecks; the image has no curl).
     Probe {
         /// e.g. http://127.0.0.1:9090/readyz
@@ -56,7 +62,7 @@ pub struct EnqueueArgs {
     #[arg(long, requires = "tags", conflicts_with = "file")]
     pub account: Option<String>,
     /// A tag to remove (repeatable), with --account.
-    #[arg(long = "tag", id = "tags")]
+    #[arg(long = "tag", id = "tags", requires = "account")]
     pub tags: Vec<String>,
     /// The job id for --account (a UUID otherwise).
     #[arg(long, requires = "account")]
@@ -125,7 +131,7 @@ pub struct JobsArgs {
     #[arg(long)]
     pub job_id: Option<String>,
     /// succeeded, dead_lettered or replaying.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ops::audit::STATUSES))]
     pub status: Option<String>,
     #[arg(long)]
     pub error_code: Option<i32>,
@@ -140,6 +146,28 @@ pub struct JobsArgs {
     #[arg(long, value_enum)]
     pub summary: Option<ops::audit::Bucket>,
     /// JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Remove rows older than this: an age (30d, 12h) or a date (RFC 3339, YYYY-MM-DD).
+    #[arg(long, value_parser = ops::audit::parse_time)]
+    pub older_than: chrono::DateTime<chrono::Utc>,
+    /// Rows per DELETE statement (the longest any row stays locked is one batch).
+    #[arg(long, default_value_t = 5000)]
+    pub batch_size: i64,
+    /// Pause between batches, leaving the database to the workers.
+    #[arg(long, default_value_t = 0)]
+    pub pause_ms: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -244,12 +272,27 @@ pub async fn run(cli: Cli) -> i32 {
             };
             match crate::worker::run(config, shutdown_signal()).await {
                 Ok(_) => 0,
+                // Logged once already, when Tencent refused.
+                Err(error @ crate::worker::WorkerError::Credential { .. }) => error.exit_code(),
                 Err(error) => {
                     eprintln!("tagsweep: {error}");
                     error.exit_code()
                 }
             }
         }
+        Command::Check(args) => {
+            let config = match args.into_config() {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("tagsweep: {error}");
+                    return 2;
+                }
+            };
+            let checklist = ops::check::run(&config).await;
+            println!("{checklist}");
+            checklist.exit_code()
+        }
+        Command::Prune(args) => finish(prune(args).await),
         Command::Enqueue(args) => finish(enqueue(args).await),
         Command::Bench(args) => finish(
             ops::bench::run(ops::bench::BenchOptions {
@@ -437,6 +480,17 @@ async fn jobs(args: JobsArgs) -> Result<String, OpsError> {
             if args.json { to_json(&rows) } else { ops::audit::render_jobs(&rows) }
         }
     })
+}
+
+async fn prune(args: PruneArgs) -> Result<String, OpsError> {
+    let store = crate::store::Store::connect(&args.database_url.clone().into(), 1).await?;
+    let options = ops::prune::PruneOptions {
+        cutoff: args.older_than,
+        batch_size: args.batch_size,
+        pause: Duration::from_millis(args.pause_ms),
+    };
+    let report = ops::prune::prune(store.pool(), &options).await?;
+    Ok(if args.json { to_json(&report) } else { report.to_string() })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -9,6 +9,7 @@
 //!   each answer means;
 //! - [`store`]: the job table and call log in PostgreSQL;
 //! - [`queue`]: RabbitMQ topology, acknowledgements and dead letters;
+//! - [`connect`]: reaching both services, telling an outage from a mistake;
 //! - [`worker`]: the pipeline that ties them together ([`worker::run`]);
 //! - [`sim`]: a local stand-in for Tencent's endpoint, for tests and demos;
 //! - [`ops`]: the operators' commands (enqueue, replay, audit, demo);
@@ -18,6 +19,7 @@ pub mod api;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod job;
 pub mod limit;
 pub mod ops;

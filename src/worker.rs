@@ -57,6 +57,8 @@ impl WorkerError {
     pub fn exit_code(&self) -> i32 {
         match self {
             WorkerError::Credential { .. } => 3,
+            WorkerError::Store(error) => error.exit_code(),
+            WorkerError::Queue(error) => error.exit_code(),
             _ => 1,
         }
     }
@@ -90,13 +92,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     };
     // PostgreSQL first: a worker that consumes before it can record would
     // only hand every message back, and each return spends the delivery limit.
-    let store =
-        patiently("PostgreSQL", config.connect_timeout, || Store::connect_for_worker(&config.database_url, 10)).await?;
+    let store = Store::connect_within(&config.database_url, 10, config.connect_timeout, store::Role::Worker).await?;
     store.migrate().await?;
     health.set_database(true);
 
-    let connection =
-        patiently("RabbitMQ", config.connect_timeout, || queue::connect(&config.amqp_url, "tagsweep worker")).await?;
+    let connection = crate::connect::broker(&config.amqp_url, "tagsweep worker", config.connect_timeout)
+        .await
+        .map_err(QueueError::from)?;
     let channel = connection.create_channel().await.map_err(QueueError::from)?;
     queue::declare(&channel, &config.topology).await?;
     let dead_letters = DeadLetters::open(&connection, &config.topology.dead_letter_exchange).await?;
@@ -180,9 +182,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let _ = channel.close(200, "tagsweep stopping".into()).await;
     dead_letters.close().await;
     let _ = connection.close(200, "tagsweep stopping".into()).await;
-    match &result {
-        Ok(summary) => tracing::info!(?summary, "tagsweep worker stopped"),
-        Err(error) => tracing::error!("{error}"),
+    // An error is the caller's to report (a credential stop was logged when it happened).
+    if let Ok(summary) = &result {
+        tracing::info!("tagsweep worker stopped: {summary}");
     }
     result
 }
@@ -1030,31 +1032,6 @@ async fn persist(
                 // Stopping: one last try, then hand the jobs back.
                 return store.record(calls, rows).await.is_ok();
             }
-        }
-    }
-}
-
-/// Retries a connection with backoff for up to `limit`, so that a worker
-/// started (or restarted by its supervisor) while a service is still coming
-/// up waits for it instead of exiting at once.
-async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
-    what: &str,
-    limit: Duration,
-    mut connect: impl FnMut() -> F,
-) -> Result<T, E> {
-    let mut backoff =
-        RetryPolicy { initial: Duration::from_millis(250), max_interval: Duration::from_secs(5), max_elapsed: limit }
-            .backoff();
-    loop {
-        match connect().await {
-            Ok(connected) => return Ok(connected),
-            Err(error) => match backoff.next() {
-                Some(delay) => {
-                    tracing::warn!("cannot reach {what} ({error}); retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                }
-                None => return Err(error),
-            },
         }
     }
 }

@@ -474,6 +474,8 @@ struct Group {
     job_ids: Vec<String>,
     succeeded: u64,
     dead_lettered: u64,
+    /// Of `dead_lettered`, the invalid jobs (counted apart in the metrics).
+    invalid: u64,
 }
 
 /// A group of finished jobs, back from the broker and the database.
@@ -485,6 +487,7 @@ struct Persisted {
     job_ids: Vec<String>,
     succeeded: u64,
     dead_lettered: u64,
+    invalid: u64,
     ok: bool,
 }
 
@@ -748,9 +751,6 @@ impl Coordinator {
             if self.hold_as_copy(id, delivery.delivery_tag) {
                 continue;
             }
-            if parsed.is_err() {
-                metrics::counter!(names::JOBS, "outcome" => "invalid").increment(1);
-            }
             let key = self.next_key;
             self.next_key += 1;
             let original = Original {
@@ -867,6 +867,7 @@ impl Coordinator {
             // arrives meanwhile must wait for this outcome, not resend.
             self.by_id.insert(held.job_id.clone(), Claim::Recording);
             group.job_ids.push(held.job_id.clone());
+            group.invalid += u64::from(held.invalid.is_some());
             let (row, letter, delivery_tags) = held.row_and_letter();
             if row.status == store::SUCCEEDED {
                 group.succeeded += 1;
@@ -889,7 +890,8 @@ impl Coordinator {
         if self.persists_out >= MAX_PERSISTS || (self.waiting.calls.is_empty() && self.waiting.rows.is_empty()) {
             return;
         }
-        let Group { calls, rows, letters, tags, job_ids, succeeded, dead_lettered } = std::mem::take(&mut self.waiting);
+        let Group { calls, rows, letters, tags, job_ids, succeeded, dead_lettered, invalid } =
+            std::mem::take(&mut self.waiting);
         self.persists_out += 1;
         metrics::histogram!(names::PERSIST_ROWS).record(rows.len() as f64);
         let store = self.store.clone();
@@ -901,7 +903,7 @@ impl Coordinator {
             let started = Instant::now();
             let ok = persist(&store, &dead_letters, &calls, &rows, &letters, &stop, &health).await;
             metrics::histogram!(names::PERSIST_LATENCY).record(started.elapsed().as_secs_f64());
-            let _ = tx.send(Persisted { tags, job_ids, succeeded, dead_lettered, ok });
+            let _ = tx.send(Persisted { tags, job_ids, succeeded, dead_lettered, invalid, ok });
         });
     }
 
@@ -917,7 +919,9 @@ impl Coordinator {
             self.summary.succeeded += done.succeeded;
             self.summary.dead_lettered += done.dead_lettered;
             metrics::counter!(names::JOBS, "outcome" => "succeeded").increment(done.succeeded);
-            metrics::counter!(names::JOBS, "outcome" => "dead_lettered").increment(done.dead_lettered);
+            // Each job under one outcome: an invalid job is not also a dead letter here.
+            metrics::counter!(names::JOBS, "outcome" => "dead_lettered").increment(done.dead_lettered - done.invalid);
+            metrics::counter!(names::JOBS, "outcome" => "invalid").increment(done.invalid);
             let plan = self.tracker.settle(&tags);
             self.acknowledge(plan).await;
         } else {

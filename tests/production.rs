@@ -225,10 +225,10 @@ async fn prune_removes_old_terminal_rows_in_batches_and_keeps_the_rest() {
     // 250 old finished jobs, 1 old job being replayed, 3 recent ones; calls alike.
     sqlx::query(
         "INSERT INTO tag_removal_jobs (job_id, account, tags, status, received_at, finished_at) \
-         SELECT 'old-' || i, 'u', '{a}', CASE WHEN i % 2 = 0 THEN 'succeeded' ELSE 'dead_lettered' END, \
+         SELECT 'old-' || i, 'u', '{a}'::text[], CASE WHEN i % 2 = 0 THEN 'succeeded' ELSE 'dead_lettered' END, \
                 now() - interval '40 days', now() - interval '40 days' FROM generate_series(1, 250) i \
-         UNION ALL SELECT 'old-replaying', 'u', '{a}', 'replaying', now() - interval '40 days', now() - interval '40 days' \
-         UNION ALL SELECT 'new-' || i, 'u', '{a}', 'succeeded', now(), now() FROM generate_series(1, 3) i",
+         UNION ALL SELECT 'old-replaying', 'u', '{a}'::text[], 'replaying', now() - interval '40 days', now() - interval '40 days' \
+         UNION ALL SELECT 'new-' || i, 'u', '{a}'::text[], 'succeeded', now(), now() FROM generate_series(1, 3) i",
     )
     .execute(&env.pool)
     .await
@@ -278,7 +278,14 @@ async fn every_metric_is_described_and_present_at_zero_from_start_up() {
     }
     assert!(ready, "the worker becomes ready");
     let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    // One invalid job: counted once, under `invalid` only.
+    env.publish([(b"not json".to_vec(), lapin::BasicProperties::default().with_message_id("bad-1".into()))]).await;
+    env.wait_for_rows(1, Duration::from_secs(10)).await;
+    let after = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     let _ = child.kill().await;
+    assert!(after.contains("tagsweep_jobs_total{outcome=\"invalid\"} 1"), "{after}");
+    assert!(after.contains("tagsweep_jobs_total{outcome=\"dead_lettered\"} 0"), "not counted twice:\n{after}");
+    assert!(after.contains("tagsweep_dead_letters_total 1"), "{after}");
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     for name in [
         "tagsweep_jobs_total",

@@ -6,8 +6,9 @@
 //! `(status, received_at)`, `(error_code, received_at)`, `(received_at)`
 //! and the primary key. README shows the SQL these queries run.
 //!
-//! Tables fit the terminal (or `COLUMNS`), show tags as a JSON array so a
-//! tag holding a comma reads as one tag, and times in UTC with the zone.
+//! Tables fit the terminal (or `COLUMNS`), show tags one per line in JSON
+//! quotes so a tag holding a comma reads as one tag, and times in UTC with
+//! the zone.
 
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use serde::Serialize;
@@ -160,24 +161,15 @@ fn table(header: &[&str]) -> comfy_table::Table {
     table
 }
 
-/// Tags as a JSON array (a comma inside a tag stays inside its quotes),
-/// cut to `max` characters with a count of the tags not shown.
-fn show_tags(tags: &[String], max: usize) -> String {
-    let all = serde_json::to_string(tags).unwrap_or_default();
-    if all.chars().count() <= max {
-        return all;
+/// Tags one per line, each in JSON quotes (a comma inside a tag stays
+/// inside its quotes), at most `lines` of them and then how many more.
+fn show_tags(tags: &[String], lines: usize) -> String {
+    let quote = |tag: &String| serde_json::to_string(tag).unwrap_or_default();
+    let mut shown: Vec<String> = tags.iter().take(lines).map(quote).collect();
+    if tags.len() > lines {
+        shown.push(format!("… {} more", tags.len() - lines));
     }
-    let mut shown = Vec::new();
-    for tag in tags {
-        shown.push(tag.clone());
-        let text = serde_json::to_string(&shown).unwrap_or_default();
-        if text.chars().count() > max {
-            shown.pop();
-            break;
-        }
-    }
-    let text = serde_json::to_string(&shown).unwrap_or_default();
-    format!("{}… +{}]", text.trim_end_matches(']'), tags.len() - shown.len())
+    shown.join("\n")
 }
 
 fn time(t: DateTime<Utc>) -> String {
@@ -188,6 +180,14 @@ fn time(t: DateTime<Utc>) -> String {
 pub fn render_jobs(rows: &[JobRecord]) -> String {
     let mut table =
         table(&["job_id", "account", "tags", "status", "attempts", "error", "received (UTC)", "finished (UTC)"]);
+    // Wrapping takes from every column alike; a tag and a status should
+    // stay whole on common widths, and the error text can give way.
+    let at_least = |width| comfy_table::ColumnConstraint::LowerBoundary(comfy_table::Width::Fixed(width));
+    for (column, width) in [(2, 22), (3, 14)] {
+        if let Some(column) = table.column_mut(column) {
+            column.set_constraint(at_least(width));
+        }
+    }
     for row in rows {
         let error = match (row.error_code, &row.error_info) {
             (Some(code), Some(info)) => format!("{code} {}", truncate(info, 60)),
@@ -197,7 +197,7 @@ pub fn render_jobs(rows: &[JobRecord]) -> String {
         table.add_row([
             row.job_id.clone(),
             row.account.clone().unwrap_or_default(),
-            show_tags(&row.tags, 40),
+            show_tags(&row.tags, 3),
             if row.replay_count > 0 {
                 format!("{} (replayed {})", row.status, row.replay_count)
             } else {
@@ -251,10 +251,8 @@ mod tests {
 
     #[test]
     fn a_tag_with_a_comma_stays_one_tag_and_long_lists_say_what_is_hidden() {
-        assert_eq!(show_tags(&["a,b".into(), "c".into()], 40), r#"["a,b","c"]"#);
+        assert_eq!(show_tags(&["a,b".into(), "c".into()], 3), "\"a,b\"\n\"c\"");
         let many: Vec<String> = (0..20).map(|i| format!("tag-{i}")).collect();
-        let shown = show_tags(&many, 40);
-        assert!(shown.chars().count() <= 48, "{shown}");
-        assert!(shown.ends_with("+16]"), "{shown}");
+        assert_eq!(show_tags(&many, 3), "\"tag-0\"\n\"tag-1\"\n\"tag-2\"\n… 17 more");
     }
 }

@@ -25,26 +25,34 @@ use super::OpsError;
 
 /// The oldest terminal jobs first, by the `received_at` index; `finished_at`
 /// is checked too, so a job replayed recently stays with its new outcome.
+/// Each batch starts where the last one ended (`$3`): starting from the
+/// oldest every time would walk the index entries of every row deleted so
+/// far (dead until vacuum), and batches would slow down as the run goes on.
 const PRUNE_JOBS: &str = r#"
 WITH doomed AS (
     SELECT job_id FROM tag_removal_jobs
-    WHERE received_at < $1 AND finished_at < $1 AND status IN ('succeeded', 'dead_lettered')
+    WHERE received_at >= $3 AND received_at < $1 AND finished_at < $1
+      AND status IN ('succeeded', 'dead_lettered')
     ORDER BY received_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM tag_removal_jobs AS j USING doomed WHERE j.job_id = doomed.job_id RETURNING j.received_at AS at
 )
-DELETE FROM tag_removal_jobs AS j USING doomed WHERE j.job_id = doomed.job_id
+SELECT count(*), max(at) FROM gone
 "#;
 
 const PRUNE_CALLS: &str = r#"
 WITH doomed AS (
     SELECT call_id FROM api_calls
-    WHERE started_at < $1
+    WHERE started_at >= $3 AND started_at < $1
     ORDER BY started_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM api_calls AS c USING doomed WHERE c.call_id = doomed.call_id RETURNING c.started_at AS at
 )
-DELETE FROM api_calls AS c USING doomed WHERE c.call_id = doomed.call_id
+SELECT count(*), max(at) FROM gone
 "#;
 
 #[derive(Debug, Clone)]
@@ -111,14 +119,17 @@ async fn drain(
     report: &mut PruneReport,
 ) -> Result<u64, OpsError> {
     let mut deleted = 0;
+    let mut from = DateTime::<Utc>::UNIX_EPOCH;
     loop {
         let started = Instant::now();
-        let done = sqlx::query(sql).bind(options.cutoff).bind(options.batch_size).execute(pool).await?;
+        let (count, last): (i64, Option<DateTime<Utc>>) =
+            sqlx::query_as(sql).bind(options.cutoff).bind(options.batch_size).bind(from).fetch_one(pool).await?;
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         report.longest_statement_ms = report.longest_statement_ms.max(ms);
         report.batches += 1;
-        deleted += done.rows_affected();
-        if done.rows_affected() < options.batch_size as u64 {
+        deleted += count as u64;
+        from = last.unwrap_or(from);
+        if count < options.batch_size {
             return Ok(deleted);
         }
         if !options.pause.is_zero() {

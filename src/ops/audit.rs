@@ -178,14 +178,17 @@ fn time(t: DateTime<Utc>) -> String {
 
 /// A table for people.
 pub fn render_jobs(rows: &[JobRecord]) -> String {
-    let mut table =
-        table(&["job_id", "account", "tags", "status", "attempts", "error", "received (UTC)", "finished (UTC)"]);
-    // Wrapping takes from every column alike; a tag and a status should
-    // stay whole on common widths, and the error text can give way.
-    let at_least = |width| comfy_table::ColumnConstraint::LowerBoundary(comfy_table::Width::Fixed(width));
-    for (column, width) in [(2, 22), (3, 14)] {
+    let mut table = table(&["job_id", "account", "tags", "status", "calls", "error", "received (UTC)", "took"]);
+    // Wrapping takes from every column alike. A tag, a status and a time
+    // should stay whole; the error text and long ids give way first.
+    let widest_tag = rows.iter().flat_map(|r| r.tags.iter().map(|t| t.chars().count() + 2)).max().unwrap_or(0);
+    let at_least = |width: usize| {
+        comfy_table::ColumnConstraint::LowerBoundary(comfy_table::Width::Fixed(width.min(usize::from(u16::MAX)) as u16))
+    };
+    let padding = 2;
+    for (column, width) in [(2, widest_tag.min(24)), (3, "dead_lettered".len()), (6, "2026-11-27 17:58:27Z".len())] {
         if let Some(column) = table.column_mut(column) {
-            column.set_constraint(at_least(width));
+            column.set_constraint(at_least(width + padding));
         }
     }
     for row in rows {
@@ -206,10 +209,20 @@ pub fn render_jobs(rows: &[JobRecord]) -> String {
             row.attempts.to_string(),
             error,
             time(row.received_at),
-            row.finished_at.map(time).unwrap_or_default(),
+            row.finished_at.map(|done| took(done - row.received_at)).unwrap_or_default(),
         ]);
     }
     table.to_string()
+}
+
+/// From receipt to outcome, short: "0.6 s", "12 min", "3.2 h".
+fn took(span: TimeDelta) -> String {
+    let seconds = span.num_milliseconds() as f64 / 1000.0;
+    match seconds {
+        s if s < 60.0 => format!("{s:.1} s"),
+        s if s < 3600.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{:.1} h", s / 3600.0),
+    }
 }
 
 pub fn render_summary(rows: &[SummaryRow]) -> String {

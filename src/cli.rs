@@ -117,8 +117,9 @@ pub struct ReplayArgs {
     pub json: bool,
 }
 
+/// The job table's database, for the commands that need nothing else.
 #[derive(Debug, Clone, Args)]
-pub struct JobsArgs {
+pub struct DatabaseArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -126,6 +127,18 @@ pub struct JobsArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+}
+
+impl DatabaseArgs {
+    async fn connect(&self) -> Result<crate::store::Store, OpsError> {
+        Ok(crate::store::Store::connect(&self.database_url.clone().into(), 2).await?)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     #[arg(long)]
     pub account: Option<String>,
     #[arg(long)]
@@ -152,13 +165,8 @@ pub struct JobsArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct PruneArgs {
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = DEFAULT_DATABASE_URL,
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// Remove rows older than this: an age (30d, 12h) or a date (RFC 3339, YYYY-MM-DD).
     #[arg(long, value_parser = ops::audit::parse_time)]
     pub older_than: chrono::DateTime<chrono::Utc>,
@@ -263,12 +271,9 @@ pub async fn run(cli: Cli) -> i32 {
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Run(args) => {
-            let config = match args.into_config() {
+            let config = match configured(*args) {
                 Ok(config) => config,
-                Err(error) => {
-                    eprintln!("tagsweep: {error}");
-                    return 2;
-                }
+                Err(code) => return code,
             };
             match crate::worker::run(config, shutdown_signal()).await {
                 Ok(_) => 0,
@@ -281,12 +286,9 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
         Command::Check(args) => {
-            let config = match args.into_config() {
+            let config = match configured(*args) {
                 Ok(config) => config,
-                Err(error) => {
-                    eprintln!("tagsweep: {error}");
-                    return 2;
-                }
+                Err(code) => return code,
             };
             let checklist = ops::check::run(&config).await;
             println!("{checklist}");
@@ -365,6 +367,14 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
     }
+}
+
+/// The worker's settings, or exit code 2 with the line that says what to fix.
+fn configured(args: RunArgs) -> Result<crate::config::Config, i32> {
+    args.into_config().map_err(|error| {
+        eprintln!("tagsweep: {error}");
+        2
+    })
 }
 
 /// Prints an operator command's result, or its error; returns the exit code.
@@ -460,7 +470,7 @@ async fn replay(args: ReplayArgs) -> Result<String, OpsError> {
 }
 
 async fn jobs(args: JobsArgs) -> Result<String, OpsError> {
-    let store = crate::store::Store::connect(&args.database_url.clone().into(), 2).await?;
+    let store = args.database.connect().await?;
     let query = ops::audit::JobQuery {
         account: args.account,
         job_id: args.job_id,
@@ -483,7 +493,7 @@ async fn jobs(args: JobsArgs) -> Result<String, OpsError> {
 }
 
 async fn prune(args: PruneArgs) -> Result<String, OpsError> {
-    let store = crate::store::Store::connect(&args.database_url.clone().into(), 1).await?;
+    let store = args.database.connect().await?;
     let options = ops::prune::PruneOptions {
         cutoff: args.older_than,
         batch_size: args.batch_size,

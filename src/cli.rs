@@ -2,8 +2,10 @@
 //!
 //! Each subcommand parses its flags (every flag also reads an environment
 //! variable), turns them into typed configuration, and calls into the
-//! library. Exit codes: 0 done, 1 a failure a restart may cure, 2 bad
-//! configuration, 3 credentials Tencent refused.
+//! library. Exit codes: 0 done, 1 a failure a restart may cure (a service
+//! still unreachable after --connect-timeout-ms, a lost connection), 2 bad
+//! configuration (flags, URLs, passwords, vhosts, databases, TLS,
+//! permissions: a restart cannot cure it), 3 credentials Tencent refused.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,6 +49,10 @@ pub enum Command {
     Pause(crate::console::command::PauseArgs),
     /// Resume a paused app.
     Resume(crate::console::command::PauseArgs),
+    /// Preflight: broker, database, clock and the app's credentials, as a checklist.
+    Check(Box<RunArgs>),
+    /// Delete terminal job rows and call rows older than an age, in small batches.
+    Prune(PruneArgs),
     /// Exit 0 if URL answers 200 (container healthchecks; the image has no curl).
     Probe {
         /// e.g. http://127.0.0.1:9090/readyz
@@ -62,7 +68,7 @@ pub struct EnqueueArgs {
     #[arg(long, requires = "tags", conflicts_with = "file")]
     pub account: Option<String>,
     /// A tag to remove (repeatable), with --account.
-    #[arg(long = "tag", id = "tags")]
+    #[arg(long = "tag", id = "tags", requires = "account")]
     pub tags: Vec<String>,
     /// The job id for --account (a UUID otherwise).
     #[arg(long, requires = "account")]
@@ -117,8 +123,9 @@ pub struct ReplayArgs {
     pub json: bool,
 }
 
+/// The job table's database, for the commands that need nothing else.
 #[derive(Debug, Clone, Args)]
-pub struct JobsArgs {
+pub struct DatabaseArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -126,12 +133,24 @@ pub struct JobsArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+}
+
+impl DatabaseArgs {
+    async fn connect(&self) -> Result<crate::store::Store, OpsError> {
+        Ok(crate::store::Store::connect(&self.database_url.clone().into(), 2).await?)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     #[arg(long)]
     pub account: Option<String>,
     #[arg(long)]
     pub job_id: Option<String>,
     /// succeeded, dead_lettered or replaying.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ops::audit::STATUSES))]
     pub status: Option<String>,
     #[arg(long)]
     pub error_code: Option<i32>,
@@ -146,6 +165,23 @@ pub struct JobsArgs {
     #[arg(long, value_enum)]
     pub summary: Option<ops::audit::Bucket>,
     /// JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Remove rows older than this: an age (30d, 12h) or a date (RFC 3339, YYYY-MM-DD).
+    #[arg(long, value_parser = ops::audit::parse_time)]
+    pub older_than: chrono::DateTime<chrono::Utc>,
+    /// Rows per DELETE statement (the longest any row stays locked is one batch).
+    #[arg(long, default_value_t = 5000)]
+    pub batch_size: i64,
+    /// Pause between batches, leaving the database to the workers.
+    #[arg(long, default_value_t = 0)]
+    pub pause_ms: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -241,21 +277,30 @@ pub async fn run(cli: Cli) -> i32 {
     telemetry::init(cli.log_format);
     match cli.command {
         Command::Run(args) => {
-            let config = match args.into_config() {
+            let config = match configured(*args) {
                 Ok(config) => config,
-                Err(error) => {
-                    eprintln!("tagsweep: {error}");
-                    return 2;
-                }
+                Err(code) => return code,
             };
             match crate::worker::run(config, shutdown_signal()).await {
                 Ok(_) => 0,
+                // Logged once already, when Tencent refused.
+                Err(error @ crate::worker::WorkerError::Credential { .. }) => error.exit_code(),
                 Err(error) => {
                     eprintln!("tagsweep: {error}");
                     error.exit_code()
                 }
             }
         }
+        Command::Check(args) => {
+            let config = match configured(*args) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let checklist = ops::check::run(&config).await;
+            println!("{checklist}");
+            checklist.exit_code()
+        }
+        Command::Prune(args) => finish(prune(args).await),
         Command::Enqueue(args) => finish(enqueue(args).await),
         Command::Bench(args) => finish(
             ops::bench::run(ops::bench::BenchOptions {
@@ -331,6 +376,14 @@ pub async fn run(cli: Cli) -> i32 {
             }
         }
     }
+}
+
+/// The worker's settings, or exit code 2 with the line that says what to fix.
+fn configured(args: RunArgs) -> Result<crate::config::Config, i32> {
+    args.into_config().map_err(|error| {
+        eprintln!("tagsweep: {error}");
+        2
+    })
 }
 
 /// Prints an operator command's result, or its error; returns the exit code.
@@ -426,7 +479,7 @@ async fn replay(args: ReplayArgs) -> Result<String, OpsError> {
 }
 
 async fn jobs(args: JobsArgs) -> Result<String, OpsError> {
-    let store = crate::store::Store::connect(&args.database_url.clone().into(), 2).await?;
+    let store = args.database.connect().await?;
     let query = ops::audit::JobQuery {
         account: args.account,
         job_id: args.job_id,
@@ -446,6 +499,17 @@ async fn jobs(args: JobsArgs) -> Result<String, OpsError> {
             if args.json { to_json(&rows) } else { ops::audit::render_jobs(&rows) }
         }
     })
+}
+
+async fn prune(args: PruneArgs) -> Result<String, OpsError> {
+    let store = args.database.connect().await?;
+    let options = ops::prune::PruneOptions {
+        cutoff: args.older_than,
+        batch_size: args.batch_size,
+        pause: Duration::from_millis(args.pause_ms),
+    };
+    let report = ops::prune::prune(store.pool(), &options).await?;
+    Ok(if args.json { to_json(&report) } else { report.to_string() })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -9,6 +9,7 @@
 //!   each answer means;
 //! - [`store`]: the job table and call log in PostgreSQL;
 //! - [`queue`]: RabbitMQ topology, acknowledgements and dead letters;
+//! - [`connect`]: reaching both services, telling an outage from a mistake;
 //! - [`worker`]: the pipeline that ties them together ([`worker::run`]);
 //! - [`sim`]: a local stand-in for Tencent's endpoint, for tests and demos;
 //! - [`ops`]: the operators' commands (enqueue, replay, audit, pause, demo);
@@ -19,6 +20,7 @@ pub mod api;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod console;
 pub mod job;
 pub mod limit;

@@ -15,9 +15,9 @@ use std::collections::BTreeSet;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use secrecy::{ExposeSecret, SecretString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use secrecy::SecretString;
 
 use crate::config::Topology;
 
@@ -32,6 +32,8 @@ pub const HEADER_ATTEMPTS: &str = "x-tagsweep-attempts";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
+    #[error(transparent)]
+    Connect(#[from] crate::connect::ConnectError),
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ refused to confirm the dead letter of job {0}")]
@@ -40,10 +42,21 @@ pub enum QueueError {
     PublishRefused,
 }
 
-/// Connects to the broker. The URL may hold a password: it is never logged.
+/// Connects to the broker for an operator command, waiting a little for a
+/// broker that is still starting. The URL may hold a password: it is never
+/// logged.
 pub async fn connect(url: &SecretString, name: &str) -> Result<Connection, QueueError> {
-    let properties = ConnectionProperties::default().with_connection_name(LongString::from(name.to_owned()));
-    Ok(Connection::connect(url.expose_secret(), properties).await?)
+    Ok(crate::connect::broker(url, name, crate::connect::OPS_WAIT).await?)
+}
+
+impl QueueError {
+    /// 2 for a configuration mistake found while connecting, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            QueueError::Connect(error) => error.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 /// Declares the exchanges and queues of CONTRACT §3 and binds them. Safe to

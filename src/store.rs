@@ -9,10 +9,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Serialize;
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 pub const SUCCEEDED: &str = "succeeded";
@@ -20,6 +20,8 @@ pub const DEAD_LETTERED: &str = "dead_lettered";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(transparent)]
+    Connect(#[from] crate::connect::ConnectError),
     #[error("PostgreSQL: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migrations failed: {0}")]
@@ -57,6 +59,31 @@ pub struct JobRow {
     pub received_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub last_call_id: Option<Uuid>,
+}
+
+/// Who a pool is for: the planner settings differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Operator commands keep the planner's free hand.
+    Operator,
+    /// Every statement the worker runs is a primary-key lookup or an
+    /// insert, so sequential scans are switched off for its connections:
+    /// PostgreSQL plans a young, fast-growing table from its size at
+    /// planning time (and caches a generic plan after five runs), and
+    /// without an ANALYZE since (never, where autovacuum is off) it kept
+    /// scanning every row to check 512 job ids. At 200,000 rows that cost
+    /// ~500 ms a chunk and held a bench to 15 calls/s.
+    Worker,
+}
+
+impl StoreError {
+    /// 2 for a configuration mistake found while connecting, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StoreError::Connect(error) => error.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -98,30 +125,34 @@ WHERE tag_removal_jobs.status NOT IN ('succeeded', 'dead_lettered')
 "#;
 
 impl Store {
-    /// Connects, waiting a little for a database that is still starting.
+    /// Connects for an operator command, waiting a little for a database
+    /// that is still starting; a configuration mistake fails at once.
     pub async fn connect(url: &SecretString, max_connections: u32) -> Result<Store, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url.expose_secret())
-            .await?;
-        Ok(Store { pool })
+        Store::connect_within(url, max_connections, crate::connect::OPS_WAIT, Role::Operator).await
     }
 
-    /// Connects the worker's pool. Every statement the worker runs is a
-    /// primary-key lookup or an insert, so sequential scans are switched
-    /// off for its connections: PostgreSQL plans a young, fast-growing
-    /// table from its size at planning time (and caches a generic plan
-    /// after five runs), and without an ANALYZE since (never, where
-    /// autovacuum is off) it kept scanning every row to check 512 job ids.
-    /// At 200,000 rows that cost ~500 ms a chunk and held a bench to
-    /// 15 calls/s. The operator commands keep the planner's free hand.
+    /// Connects the worker's pool (see [`Role::Worker`]).
     pub async fn connect_for_worker(url: &SecretString, max_connections: u32) -> Result<Store, StoreError> {
-        let options: PgConnectOptions = url.expose_secret().parse()?;
+        Store::connect_within(url, max_connections, crate::connect::OPS_WAIT, Role::Worker).await
+    }
+
+    /// Connects, waiting at most `limit` for a database that cannot be
+    /// reached yet (see [`crate::connect`] for what counts as that).
+    pub async fn connect_within(
+        url: &SecretString,
+        max_connections: u32,
+        limit: Duration,
+        role: Role,
+    ) -> Result<Store, StoreError> {
+        let options = crate::connect::database(url, limit).await?;
+        let options = match role {
+            Role::Operator => options,
+            Role::Worker => options.options([("enable_seqscan", "off")]),
+        };
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.options([("enable_seqscan", "off")]))
+            .connect_with(options)
             .await?;
         Ok(Store { pool })
     }

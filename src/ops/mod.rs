@@ -1,5 +1,6 @@
 //! Operator commands around the worker: publishing jobs, replaying failed
-//! ones, auditing the job table, and a self-contained demo.
+//! ones, auditing the job table, a preflight check, retention, and a
+//! self-contained demo.
 //!
 //! Each takes typed arguments, does its work through the same modules the
 //! worker uses (`job` for validation, `queue` for topology and headers,
@@ -7,9 +8,11 @@
 
 pub mod audit;
 pub mod bench;
+pub mod check;
 pub mod demo;
 pub mod enqueue;
 pub mod pause;
+pub mod prune;
 pub mod replay;
 
 /// The same server URL with another database name.
@@ -67,6 +70,8 @@ impl OpsError {
         match self {
             OpsError::Input(_) => 2,
             OpsError::Worker(error) => error.exit_code(),
+            OpsError::Store(error) => error.exit_code(),
+            OpsError::Queue(error) => error.exit_code(),
             _ => 1,
         }
     }

@@ -18,7 +18,7 @@ use crate::batch::{Batch, PartId};
 use crate::config::RetryPolicy;
 use crate::limit::Pacing;
 use crate::store::CallRow;
-use crate::telemetry::names;
+use crate::telemetry::{Throttle, names, suppressed};
 
 /// What every call task shares.
 #[derive(Debug)]
@@ -30,6 +30,8 @@ pub(super) struct CallContext {
     /// Cancelled at shutdown: waits for a pacing slot or a backoff end, and
     /// those batches go back to the queue.
     pub(super) stop: CancellationToken,
+    /// Keeps refusals and give-ups visible without a line per call.
+    pub(super) warnings: Throttle,
 }
 
 /// What happened to one part of a job in a call task.
@@ -152,10 +154,29 @@ async fn call_with_retry(
         match error {
             CallError::Transient(_) | CallError::RateLimited(_) => {
                 if matches!(error, CallError::RateLimited(_)) {
+                    if let Some(held_back) = ctx.warnings.admit("rate-limited") {
+                        span.in_scope(|| {
+                            tracing::warn!(
+                                "Tencent refused a call for the rate limit ({}): every call waits 1 s{}",
+                                error.failure(),
+                                suppressed(held_back)
+                            )
+                        });
+                    }
                     // The server counts refused calls too: everyone waits.
                     ctx.pacer.pause(Duration::from_secs(1)).await;
                 }
                 let Some(delay) = backoff.next() else {
+                    if let Some(held_back) = ctx.warnings.admit("give-up") {
+                        span.in_scope(|| {
+                            tracing::warn!(
+                                "giving up after {attempt} attempts ({}): the retry budget is spent; \
+                                 the jobs will be dead-lettered{}",
+                                error.failure(),
+                                suppressed(held_back)
+                            )
+                        });
+                    }
                     return Err(Attempt::Failed(error));
                 };
                 tokio::select! {

@@ -45,6 +45,9 @@ const INTAKE_CHUNK: usize = 512;
 /// at one cheap primary-key lookup per worker every two seconds.
 const PAUSE_POLL: Duration = Duration::from_secs(2);
 
+/// How often a working worker logs its pace.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
+
 /// Where a run is in its life.
 #[derive(Debug)]
 pub(super) enum Lifecycle {
@@ -86,6 +89,8 @@ struct Coordinator {
     checks: mpsc::UnboundedSender<Checked>,
     reports: mpsc::UnboundedSender<BatchReport>,
     summary: Summary,
+    /// When progress was last logged, and the jobs and calls counted then.
+    progress: (Instant, u64, u64),
     health: Arc<Health>,
 }
 
@@ -144,6 +149,7 @@ pub(super) async fn run(
         checks: checks_tx,
         reports: reports_tx,
         summary: Summary::default(),
+        progress: (Instant::now(), 0, 0),
         health,
     };
     let result = coordinator.run(Events { reports, persisted, checks, pauses }, shutdown).await;
@@ -305,7 +311,10 @@ impl Coordinator {
             self.summary.succeeded += done.succeeded;
             self.summary.dead_lettered += done.dead_lettered;
             metrics::counter!(names::JOBS, "outcome" => "succeeded").increment(done.succeeded);
-            metrics::counter!(names::JOBS, "outcome" => "dead_lettered").increment(done.dead_lettered);
+            // Each job is counted under one outcome: an invalid job is
+            // dead-lettered too, but shows as `invalid`.
+            metrics::counter!(names::JOBS, "outcome" => "dead_lettered").increment(done.dead_lettered - done.invalid);
+            metrics::counter!(names::JOBS, "outcome" => "invalid").increment(done.invalid);
             self.settler.ack(&tags);
         } else {
             // Not recorded: the broker keeps them and a worker tries again.
@@ -337,11 +346,33 @@ impl Coordinator {
         }
     }
 
+    /// A line a minute while there is work, so a log shows the pace.
+    fn log_progress(&mut self) {
+        let (since, jobs_then, calls_then) = self.progress;
+        let elapsed = since.elapsed();
+        if elapsed < PROGRESS_EVERY {
+            return;
+        }
+        let jobs = self.summary.succeeded + self.summary.dead_lettered;
+        let in_hand = self.settler.unsettled();
+        if jobs != jobs_then || in_hand > 0 {
+            let per_second = |n: u64| n as f64 / elapsed.as_secs_f64();
+            tracing::info!(
+                "progress: {:.1} jobs/s, {:.1} calls/s, {} batches at the API, {in_hand} deliveries in hand",
+                per_second(jobs - jobs_then),
+                per_second(self.summary.calls - calls_then),
+                self.calls_out,
+            );
+        }
+        self.progress = (Instant::now(), jobs, self.summary.calls);
+    }
+
     async fn on_tick(&mut self) {
         let connected = self.channel.status().connected();
         self.health.set_broker(connected);
         self.settler.flush();
         metrics::gauge!(names::JOBS_IN_HAND).set(self.settler.unsettled() as f64);
+        self.log_progress();
         if !connected {
             self.stop(Some(WorkerError::ConsumerLost("the broker connection is gone".into()))).await;
         }

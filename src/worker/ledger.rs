@@ -42,6 +42,8 @@ pub(super) struct Group {
     pub(super) job_ids: Vec<String>,
     pub(super) succeeded: u64,
     pub(super) dead_lettered: u64,
+    /// Of `dead_lettered`, the invalid jobs (counted apart in the metrics).
+    pub(super) invalid: u64,
 }
 
 impl Group {
@@ -157,6 +159,7 @@ impl Ledger {
             };
             self.by_id.insert(held.job_id.clone(), Claim::Recording);
             group.job_ids.push(held.job_id.clone());
+            group.invalid += u64::from(held.is_invalid());
             let outcome = held.into_outcome(finished_at);
             if outcome.row.status == store::SUCCEEDED {
                 group.succeeded += 1;

@@ -61,10 +61,13 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
-    /// 3 for an operator's fix (credentials), 1 for everything a restart may cure.
+    /// 3 for an operator's fix to the credentials, 2 for a configuration
+    /// mistake found at start-up, 1 for everything a restart may cure.
     pub fn exit_code(&self) -> i32 {
         match self {
             WorkerError::Credential { .. } => 3,
+            WorkerError::Store(error) => error.exit_code(),
+            WorkerError::Queue(error) => error.exit_code(),
             _ => 1,
         }
     }
@@ -99,9 +102,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let (started, consumer) = startup::start(&config, &health).await?;
     let result = coordinator::run(&config, &started, consumer, health, shutdown).await;
     started.close().await;
-    match &result {
-        Ok(summary) => tracing::info!(?summary, "tagsweep worker stopped"),
-        Err(error) => tracing::error!("{error}"),
+    // An error is the caller's to report (a credential stop was logged
+    // once, when it happened).
+    if let Ok(summary) = &result {
+        tracing::info!("tagsweep worker stopped: {summary}");
     }
     result
 }

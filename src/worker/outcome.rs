@@ -76,6 +76,10 @@ impl Held {
         }
     }
 
+    pub(super) fn is_invalid(&self) -> bool {
+        self.invalid.is_some()
+    }
+
     /// The row, and the dead letter when the job failed or was invalid.
     /// A job with a failed part names the tags that were not removed
     /// (CONTRACT §2), since the other parts did succeed.

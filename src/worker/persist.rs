@@ -20,7 +20,7 @@ use super::ledger::Group;
 use crate::config::RetryPolicy;
 use crate::queue::{DeadLetter, DeadLetters};
 use crate::store::{CallRow, JobRow, Store};
-use crate::telemetry::{Health, names};
+use crate::telemetry::{Health, Throttle, names, suppressed};
 
 /// Persist tasks out at once: one recording while the next group fills,
 /// and a second so that a slow dead-letter confirm does not hold up the
@@ -36,6 +36,8 @@ pub(super) struct Persisted {
     pub(super) job_ids: Vec<String>,
     pub(super) succeeded: u64,
     pub(super) dead_lettered: u64,
+    /// Of `dead_lettered`, the invalid jobs.
+    pub(super) invalid: u64,
     pub(super) ok: bool,
 }
 
@@ -56,6 +58,7 @@ struct Recorder {
     health: Arc<Health>,
     /// The app every row and call of this pipeline belongs to (CONTRACT §7).
     sdkappid: u64,
+    warnings: Arc<Throttle>,
 }
 
 impl Persister {
@@ -67,7 +70,8 @@ impl Persister {
         health: Arc<Health>,
         sdkappid: u64,
     ) -> Self {
-        Persister { recorder: Recorder { store, dead_letters, stop, health, sdkappid }, done, out: 0 }
+        let warnings = Arc::new(Throttle::new(super::startup::WARN_EVERY));
+        Persister { recorder: Recorder { store, dead_letters, stop, health, sdkappid, warnings }, done, out: 0 }
     }
 
     pub(super) fn has_room(&self) -> bool {
@@ -85,7 +89,7 @@ impl Persister {
     }
 
     pub(super) fn start(&mut self, group: Group) {
-        let Group { calls, rows, letters, tags, job_ids, succeeded, dead_lettered } = group;
+        let Group { calls, rows, letters, tags, job_ids, succeeded, dead_lettered, invalid } = group;
         self.out += 1;
         metrics::histogram!(names::PERSIST_ROWS).record(rows.len() as f64);
         let (recorder, done) = (self.recorder.clone(), self.done.clone());
@@ -93,7 +97,7 @@ impl Persister {
             let started = Instant::now();
             let ok = recorder.persist(&calls, &rows, &letters).await;
             metrics::histogram!(names::PERSIST_LATENCY).record(started.elapsed().as_secs_f64());
-            let _ = done.send(Persisted { tags, job_ids, succeeded, dead_lettered, ok });
+            let _ = done.send(Persisted { tags, job_ids, succeeded, dead_lettered, invalid, ok });
         });
     }
 }
@@ -103,7 +107,7 @@ impl Persister {
 /// (the jobs then return to the queue: at worst dead-lettered twice).
 impl Recorder {
     async fn persist(&self, calls: &[CallRow], rows: &[JobRow], letters: &[DeadLetter]) -> bool {
-        let Recorder { store, dead_letters, stop, health, sdkappid } = self;
+        let Recorder { store, dead_letters, stop, health, sdkappid, warnings } = self;
         let sdkappid = *sdkappid;
         if !letters.is_empty()
             && let Err(error) = dead_letters.publish(letters).await
@@ -112,6 +116,18 @@ impl Recorder {
             return false;
         }
         metrics::counter!(names::DEAD_LETTERS).increment(letters.len() as u64);
+        for letter in letters {
+            if let Some(held_back) = warnings.admit(&format!("dead-letter {}", letter.error_code)) {
+                tracing::warn!(
+                    job_id = %letter.job_id,
+                    error_code = letter.error_code,
+                    attempts = letter.attempts,
+                    "dead-lettered: {}{}",
+                    letter.error_info,
+                    suppressed(held_back)
+                );
+            }
+        }
         let mut backoff = RetryPolicy {
             initial: Duration::from_millis(100),
             max_interval: Duration::from_secs(5),

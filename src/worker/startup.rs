@@ -1,12 +1,10 @@
 //! Everything that happens once, before the first delivery: connect to
-//! PostgreSQL and RabbitMQ (patiently, since a supervisor may start the
-//! worker before its services), migrate, declare the topology, build the
+//! PostgreSQL and RabbitMQ (waiting for a service that is not up yet, never
+//! for a configuration mistake: see `connect`), migrate, declare the topology, build the
 //! API client and its pacer, and open the consumer. It owns the
 //! connections, and closes them in the order the broker likes.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -18,11 +16,16 @@ use uuid::Uuid;
 use super::WorkerError;
 use super::call::CallContext;
 use crate::api::ApiClient;
-use crate::config::{Config, Credential, RetryPolicy};
+use crate::config::{Config, Credential};
 use crate::limit::{Pacer, Pacing, SharedPacer};
 use crate::queue::{self, DeadLetters, QueueError};
-use crate::store::Store;
-use crate::telemetry::Health;
+use crate::store::{Role, Store};
+use crate::telemetry::{Health, Throttle};
+
+/// At most one line per kind of warning (a refusal, a give-up, a dead
+/// letter with a given code) in this period; the next says how many were
+/// held back.
+pub(super) const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::usersig::Signer;
 
 /// What a running worker holds on to until it stops.
@@ -39,13 +42,15 @@ pub(super) struct Started {
 pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, Consumer), WorkerError> {
     // PostgreSQL first: a worker that consumes before it can record would
     // only hand every message back, and each return spends the delivery limit.
-    let store =
-        patiently("PostgreSQL", config.connect_timeout, || Store::connect_for_worker(&config.database_url, 10)).await?;
+    let store = Store::connect_within(&config.database_url, 10, config.connect_timeout, Role::Worker).await?;
     store.migrate().await?;
     health.set_database(true);
 
-    let connection =
-        patiently("RabbitMQ", config.connect_timeout, || queue::connect(&config.amqp_url, "tagsweep worker")).await?;
+    // Only "not up yet" is waited for (up to --connect-timeout-ms); a
+    // refused password or an unknown vhost stops start-up at once.
+    let connection = crate::connect::broker(&config.amqp_url, "tagsweep worker", config.connect_timeout)
+        .await
+        .map_err(QueueError::from)?;
     let channel = connection.create_channel().await.map_err(QueueError::from)?;
     queue::declare(&channel, &config.topology).await?;
     let dead_letters = DeadLetters::open(&connection, &config.topology.dead_letter_exchange).await?;
@@ -99,6 +104,7 @@ fn call_context(config: &Config, store: &Store) -> Result<CallContext, WorkerErr
         in_flight: Semaphore::new(config.max_in_flight),
         retry: config.retry,
         stop: CancellationToken::new(),
+        warnings: Throttle::new(WARN_EVERY),
     })
 }
 
@@ -109,30 +115,5 @@ impl Started {
         let _ = self.channel.close(200, "tagsweep stopping".into()).await;
         self.dead_letters.close().await;
         let _ = self.connection.close(200, "tagsweep stopping".into()).await;
-    }
-}
-
-/// Retries a connection with backoff for up to `limit`, so that a worker
-/// started (or restarted by its supervisor) while a service is still coming
-/// up waits for it instead of exiting at once.
-async fn patiently<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
-    what: &str,
-    limit: Duration,
-    mut connect: impl FnMut() -> F,
-) -> Result<T, E> {
-    let mut backoff =
-        RetryPolicy { initial: Duration::from_millis(250), max_interval: Duration::from_secs(5), max_elapsed: limit }
-            .backoff();
-    loop {
-        match connect().await {
-            Ok(connected) => return Ok(connected),
-            Err(error) => match backoff.next() {
-                Some(delay) => {
-                    tracing::warn!("cannot reach {what} ({error}); retrying in {delay:?}");
-                    tokio::time::sleep(delay).await;
-                }
-                None => return Err(error),
-            },
-        }
     }
 }

@@ -143,7 +143,6 @@ impl Coordinator {
                 }
                 Err(invalid) => {
                     tracing::warn!(job_id = %invalid.id, reason = %invalid.reason, "invalid job: dead-lettering it");
-                    metrics::counter!(names::JOBS, "outcome" => "invalid").increment(1);
                     self.ledger.hold_invalid(invalid, original, received_at);
                 }
             }

@@ -7,6 +7,9 @@
 //! Docker engine exists) from testcontainers. Each test gets its own
 //! exchanges and queues (random names, deleted at the end) and its own
 //! database (created fresh, dropped at the end).
+//!
+//! Shared by the one test binary (tests/suite) and, through `#[path]`, by
+//! the two that restart services and must run alone.
 
 #![allow(dead_code)]
 
@@ -25,7 +28,7 @@ use tagsweep::api::ClientSettings;
 use tagsweep::config::{Config, Credential, RetryPolicy, Topology, defaults};
 use tagsweep::sim::{Running, SimConfig, Simulator};
 use tagsweep::worker::{self, Summary, WorkerError};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio_util::sync::CancellationToken;
 
 pub const SDKAPPID: u64 = 1400000000;
@@ -37,6 +40,26 @@ struct Services {
 }
 
 static SERVICES: OnceCell<Services> = OnceCell::const_new();
+
+/// The machine, as the stories share it. Those that measure rates or run
+/// several worker processes take it alone, as they had it when each was a
+/// test binary of its own; the others hold it shared for as long as their
+/// [`TestEnv`] lives. Tokio's lock is fair, so a waiting lone story is not
+/// starved by a stream of sharing ones.
+static MACHINE: RwLock<()> = RwLock::const_new(());
+
+/// A story's hold on [`MACHINE`], released when its [`TestEnv`] goes
+/// (cleanup, or a panic's unwinding).
+enum Turn {
+    Shared(RwLockReadGuard<'static, ()>),
+    Alone(RwLockWriteGuard<'static, ()>),
+}
+
+/// The machine to itself, for a story that does not need a [`TestEnv`]
+/// (one that only runs the binary). Blocks; call it outside a runtime.
+pub fn machine_alone() -> RwLockWriteGuard<'static, ()> {
+    MACHINE.blocking_write()
+}
 
 fn listening(addr: &str) -> bool {
     let addr: SocketAddr = addr.parse().expect("a socket address");
@@ -101,6 +124,7 @@ pub struct TestEnv {
     pub pool: PgPool,
     connection: Connection,
     pub channel: Channel,
+    _turn: Turn,
 }
 
 /// A worker running inside the test.
@@ -130,6 +154,16 @@ impl TestEnv {
     }
 
     pub async fn with_sim(adjust: impl FnOnce(&mut SimConfig)) -> TestEnv {
+        TestEnv::start(Turn::Shared(MACHINE.read().await), adjust).await
+    }
+
+    /// Like [`TestEnv::with_sim`], once no other story is running: for
+    /// stories whose figures (calls/s used, peaks) a neighbour would skew.
+    pub async fn alone(adjust: impl FnOnce(&mut SimConfig)) -> TestEnv {
+        TestEnv::start(Turn::Alone(MACHINE.write().await), adjust).await
+    }
+
+    async fn start(turn: Turn, adjust: impl FnOnce(&mut SimConfig)) -> TestEnv {
         let services = services().await;
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
 
@@ -173,6 +207,7 @@ impl TestEnv {
             pool,
             connection,
             channel,
+            _turn: turn,
         }
     }
 

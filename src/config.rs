@@ -319,7 +319,9 @@ mod tests {
         run: RunArgs,
     }
 
-    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+    /// `tagsweep run` with these flags (and the environment), checked;
+    /// shared with the defaults' own tests.
+    pub(super) fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["tagsweep"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).expect("flags parse").run.into_config()

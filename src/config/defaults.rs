@@ -120,17 +120,9 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
     use secrecy::ExposeSecret;
 
     use super::*;
-    use crate::config::RunArgs;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        run: RunArgs,
-    }
 
     /// What clap yields for a flag that also reads `var`: the environment's
     /// value when set (CI exports the service URLs), the default otherwise.
@@ -143,8 +135,8 @@ mod tests {
         if std::env::vars().any(|(k, _)| k.starts_with("TAGSWEEP_")) {
             return; // A developer's environment is configured; the comparison assumes none.
         }
-        let argv = ["tagsweep", "--sdkappid", "1", "--secret-key", "k", "--region", "china"];
-        let flags = Cli::try_parse_from(argv).expect("flags parse").run.into_config().expect("a valid config");
+        let flags = crate::config::tests::parse(&["--sdkappid", "1", "--secret-key", "k", "--region", "china"])
+            .expect("a valid config");
         let built = Config::new(flags.api.base_url.clone(), 1, Credential::SecretKey(SecretString::from("k")));
 
         // Destructured without `..`: a new field will not compile until it is compared here too.

@@ -15,9 +15,11 @@ use secrecy::SecretString;
 use crate::api::{ClientSettings, Region};
 use crate::batch::{BatchSize, MAX_BATCH_SIZE};
 
-/// The broker and database of CONTRACT §6's defaults (a local install).
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub mod defaults;
+
+/// The broker and database of CONTRACT §6's defaults (a local install),
+/// under the names the CLI already uses.
+pub use defaults::{AMQP_URL as DEFAULT_AMQP_URL, DATABASE_URL as DEFAULT_DATABASE_URL};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -59,19 +61,6 @@ pub enum QueueType {
     #[default]
     Quorum,
     Classic,
-}
-
-impl Default for Topology {
-    fn default() -> Self {
-        Topology {
-            exchange: "tagsweep".into(),
-            routing_key: "remove".into(),
-            queue: "tagsweep.remove".into(),
-            dead_letter_exchange: "tagsweep.dead".into(),
-            dead_letter_queue: "tagsweep.dead".into(),
-            queue_type: QueueType::Quorum,
-        }
-    }
 }
 
 /// How the worker proves itself to Tencent.
@@ -160,47 +149,42 @@ pub struct RunArgs {
     #[arg(long, env = "TAGSWEEP_SDKAPPID")]
     pub sdkappid: Option<u64>,
     /// App admin account the calls are made as.
-    #[arg(long, env = "TAGSWEEP_IDENTIFIER", default_value = "administrator")]
+    #[arg(long, env = "TAGSWEEP_IDENTIFIER", default_value = defaults::IDENTIFIER)]
     pub identifier: String,
     #[arg(long, env = "TAGSWEEP_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
     #[arg(long, env = "TAGSWEEP_USERSIG", hide_env_values = true)]
     pub usersig: Option<String>,
 
-    #[arg(long, env = "TAGSWEEP_MAX_CALLS_PER_SECOND", default_value_t = 100)]
+    #[arg(long, env = "TAGSWEEP_MAX_CALLS_PER_SECOND", default_value_t = defaults::MAX_CALLS_PER_SECOND)]
     pub max_calls_per_second: u32,
     /// Widens the one-second pacing window against network jitter.
-    #[arg(long, env = "TAGSWEEP_PACING_MARGIN_MS", default_value_t = 25)]
+    #[arg(long, env = "TAGSWEEP_PACING_MARGIN_MS", default_value_t = defaults::PACING_MARGIN_MS)]
     pub pacing_margin_ms: u64,
     /// Users per API call, at most 100.
-    #[arg(long, env = "TAGSWEEP_BATCH_SIZE", default_value_t = MAX_BATCH_SIZE)]
+    #[arg(long, env = "TAGSWEEP_BATCH_SIZE", default_value_t = defaults::BATCH_SIZE)]
     pub batch_size: usize,
     /// How long a part-filled batch waits for more jobs.
-    #[arg(long, env = "TAGSWEEP_BATCH_LINGER_MS", default_value_t = 50)]
+    #[arg(long, env = "TAGSWEEP_BATCH_LINGER_MS", default_value_t = defaults::BATCH_LINGER_MS)]
     pub batch_linger_ms: u64,
-    #[arg(long, env = "TAGSWEEP_RETRY_INITIAL_MS", default_value_t = 500)]
+    #[arg(long, env = "TAGSWEEP_RETRY_INITIAL_MS", default_value_t = defaults::RETRY_INITIAL_MS)]
     pub retry_initial_ms: u64,
-    #[arg(long, env = "TAGSWEEP_RETRY_MAX_INTERVAL_MS", default_value_t = 60_000)]
+    #[arg(long, env = "TAGSWEEP_RETRY_MAX_INTERVAL_MS", default_value_t = defaults::RETRY_MAX_INTERVAL_MS)]
     pub retry_max_interval_ms: u64,
     /// Total backoff before a transient failure becomes a dead letter.
-    #[arg(long, env = "TAGSWEEP_RETRY_MAX_ELAPSED_MS", default_value_t = 900_000)]
+    #[arg(long, env = "TAGSWEEP_RETRY_MAX_ELAPSED_MS", default_value_t = defaults::RETRY_MAX_ELAPSED_MS)]
     pub retry_max_elapsed_ms: u64,
-    #[arg(long, env = "TAGSWEEP_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "TAGSWEEP_REQUEST_TIMEOUT_MS", default_value_t = defaults::REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
-    /// Deliveries held at once. A delivery is in hand from receipt to its
-    /// ack (~150 ms at 100 calls/s), so 2000 covers 10,000 jobs/s with a
-    /// little slack. 4000 keeps the call slots busier (a per cent more on
-    /// a deep backlog, 40% more with the limit lifted), but with no slack
-    /// every jitter shows at the server: a 1,000,000-job run at 4000 broke
-    /// the limit five times and grew to 55 MiB (see README, Performance).
-    #[arg(long, env = "TAGSWEEP_PREFETCH", default_value_t = 2000)]
+    /// Unacknowledged deliveries held at once; why 2000 is in config/defaults.rs and README, Performance.
+    #[arg(long, env = "TAGSWEEP_PREFETCH", default_value_t = defaults::PREFETCH)]
     pub prefetch: u16,
-    #[arg(long, env = "TAGSWEEP_MAX_IN_FLIGHT", default_value_t = 64)]
+    #[arg(long, env = "TAGSWEEP_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
-    #[arg(long, env = "TAGSWEEP_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
+    #[arg(long, env = "TAGSWEEP_SHUTDOWN_GRACE_MS", default_value_t = defaults::SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
     /// How long start-up keeps retrying the broker and the database.
-    #[arg(long, env = "TAGSWEEP_CONNECT_TIMEOUT_MS", default_value_t = 60_000)]
+    #[arg(long, env = "TAGSWEEP_CONNECT_TIMEOUT_MS", default_value_t = defaults::CONNECT_TIMEOUT_MS)]
     pub connect_timeout_ms: u64,
     /// Serve Prometheus /metrics, /healthz and /readyz here, e.g. 0.0.0.0:9090.
     #[arg(long, env = "TAGSWEEP_METRICS_ADDR")]
@@ -216,18 +200,18 @@ pub struct RunArgs {
 pub struct BrokerArgs {
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: String,
-    #[arg(long, env = "TAGSWEEP_EXCHANGE", default_value = "tagsweep")]
+    #[arg(long, env = "TAGSWEEP_EXCHANGE", default_value = defaults::EXCHANGE)]
     pub exchange: String,
-    #[arg(long, env = "TAGSWEEP_ROUTING_KEY", default_value = "remove")]
+    #[arg(long, env = "TAGSWEEP_ROUTING_KEY", default_value = defaults::ROUTING_KEY)]
     pub routing_key: String,
-    #[arg(long, env = "TAGSWEEP_QUEUE", default_value = "tagsweep.remove")]
+    #[arg(long, env = "TAGSWEEP_QUEUE", default_value = defaults::QUEUE)]
     pub queue: String,
-    #[arg(long, env = "TAGSWEEP_DEAD_LETTER_EXCHANGE", default_value = "tagsweep.dead")]
+    #[arg(long, env = "TAGSWEEP_DEAD_LETTER_EXCHANGE", default_value = defaults::DEAD_LETTER_EXCHANGE)]
     pub dead_letter_exchange: String,
-    #[arg(long, env = "TAGSWEEP_DEAD_LETTER_QUEUE", default_value = "tagsweep.dead")]
+    #[arg(long, env = "TAGSWEEP_DEAD_LETTER_QUEUE", default_value = defaults::DEAD_LETTER_QUEUE)]
     pub dead_letter_queue: String,
     /// quorum (replicated, with the delivery limit) or classic; must match an existing queue.
-    #[arg(long, env = "TAGSWEEP_QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
+    #[arg(long, env = "TAGSWEEP_QUEUE_TYPE", value_enum, default_value_t = defaults::QUEUE_TYPE)]
     pub queue_type: QueueType,
 }
 
@@ -297,7 +281,7 @@ impl RunArgs {
             api: ClientSettings {
                 base_url,
                 backup_url: api_backup_url,
-                failback_after: Duration::from_secs(60),
+                failback_after: defaults::FAILBACK_AFTER,
                 sdkappid,
                 identifier: self.identifier,
                 request_timeout: ms(self.request_timeout_ms.max(1)),
@@ -335,7 +319,9 @@ mod tests {
         run: RunArgs,
     }
 
-    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+    /// `tagsweep run` with these flags (and the environment), checked;
+    /// shared with the defaults' own tests.
+    pub(super) fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["tagsweep"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).expect("flags parse").run.into_config()

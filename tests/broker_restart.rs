@@ -4,14 +4,16 @@
 //! and carries on. Nothing is lost and no job gets two rows.
 //!
 //! This restarts the machine's broker, so it lives alone in its own test
-//! binary (cargo runs test binaries one after another).
+//! binary (cargo runs test binaries one after another), with
+//! the suite's helpers.
 
-mod common;
+#[path = "suite/helpers.rs"]
+mod helpers;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestEnv, job};
+use helpers::{TestEnv, job};
 use tagsweep::worker::WorkerError;
 
 fn rabbitmqctl(args: &[&str]) {

@@ -3,14 +3,16 @@
 //! the database is back. Nothing is lost and no job gets two rows.
 //!
 //! This restarts the machine's PostgreSQL, so it lives alone in its own
-//! test binary (cargo runs test binaries one after another).
+//! test binary (cargo runs test binaries one after another), with
+//! the suite's helpers.
 
-mod common;
+#[path = "suite/helpers.rs"]
+mod helpers;
 
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestEnv, job};
+use helpers::{TestEnv, job};
 
 fn cluster_version() -> String {
     let listing = std::fs::read_dir("/etc/postgresql").expect("a Debian PostgreSQL cluster");

@@ -18,8 +18,6 @@ use tokio_util::sync::CancellationToken;
 use super::OpsError;
 use super::audit::{self, Bucket, JobQuery};
 use super::enqueue::progress_bar;
-use crate::api::ClientSettings;
-use crate::batch::BatchSize;
 use crate::config::{Config, Credential, RetryPolicy, Topology};
 use crate::sim::{Faults, SimConfig, Simulator};
 
@@ -95,28 +93,20 @@ pub async fn run(options: DemoOptions) -> Result<String, OpsError> {
         }
     }
 
+    // The worker as `tagsweep run` would start it, on the demo's own names;
+    // retries are shortened so that a transient fault costs a newcomer
+    // fractions of a second, and start-up gives up sooner on missing services.
     let config = Config {
         amqp_url: options.amqp_url.clone(),
         database_url: SecretString::from(database_url.clone()),
-        api: ClientSettings::new(sim.base_url(), SDKAPPID, "administrator"),
-        credential: Credential::SecretKey(SecretString::from(KEY)),
         topology: topology.clone(),
-        max_calls_per_second: 100,
-        pacing_margin: Duration::from_millis(25),
-        batch_size: BatchSize::MAX,
-        batch_linger: Duration::from_millis(50),
         retry: RetryPolicy {
             initial: Duration::from_millis(100),
             max_interval: Duration::from_secs(1),
             max_elapsed: Duration::from_secs(5),
         },
-        prefetch: 2000,
-        max_in_flight: 64,
-        shutdown_grace: Duration::from_secs(30),
-        usersig_validity: crate::usersig::DEFAULT_VALIDITY,
         connect_timeout: Duration::from_secs(10),
-        metrics_addr: None,
-        fleet_pacing: false,
+        ..Config::new(sim.base_url(), SDKAPPID, Credential::SecretKey(SecretString::from(KEY)))
     };
     let stop = CancellationToken::new();
     let worker = tokio::spawn(crate::worker::run(config, stop.clone().cancelled_owned()));
@@ -215,14 +205,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn database_urls_and_redaction() {
-        use super::super::with_database;
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(with_database("postgres://u:p@h/db?sslmode=disable", "x"), "postgres://u:p@h/x?sslmode=disable");
-        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+    fn passwords_are_redacted_from_database_urls() {
         assert_eq!(redact("postgres://u:secret@h/x"), "postgres://u:***@h/x");
         assert_eq!(redact("postgres://u@h/x"), "postgres://u@h/x");
     }

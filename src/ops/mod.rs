@@ -15,7 +15,9 @@ pub mod pause;
 pub mod prune;
 pub mod replay;
 
-/// The same server URL with another database name.
+/// The same server URL with another database name: how a command (or a
+/// test) reaches its own scratch database on the operator's server. Only
+/// the path changes; the query (`sslmode`, a unix-socket `host=`) is kept.
 pub fn with_database(url: &str, name: &str) -> String {
     let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
@@ -74,5 +76,31 @@ impl OpsError {
             OpsError::Queue(error) => error.exit_code(),
             _ => 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn another_database_on_the_same_server() {
+        let local = "postgres://postgres@127.0.0.1:5432/postgres";
+        assert_eq!(with_database(local, "x"), "postgres://postgres@127.0.0.1:5432/x");
+        // The query string stays, after the new path.
+        assert_eq!(with_database("postgres://u:p@h/db?sslmode=disable", "x"), "postgres://u:p@h/x?sslmode=disable");
+        // No path, or only a slash: the name is appended.
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+        assert_eq!(with_database("postgres://h:5432/", "x"), "postgres://h:5432/x");
+        assert_eq!(with_database("postgres://h?sslmode=require", "x"), "postgres://h/x?sslmode=require");
+        // A unix socket given as a host parameter: empty authority, slashes in the query.
+        assert_eq!(
+            with_database("postgres:///postgres?host=/var/run/postgresql", "x"),
+            "postgres:///x?host=/var/run/postgresql"
+        );
+        assert_eq!(
+            with_database("postgresql://%2Fvar%2Frun%2Fpostgresql/db", "x"),
+            "postgresql://%2Fvar%2Frun%2Fpostgresql/x"
+        );
     }
 }

@@ -2,12 +2,10 @@
 //! simulator with faults injected: what happens to the job, and where it
 //! shows (the job table, the dead-letter headers, the call log).
 
-mod common;
-
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use common::{TestEnv, job};
+use crate::helpers::{TestEnv, job};
 use lapin::BasicProperties;
 use tagsweep::queue::{header_int, header_str};
 use tagsweep::sim::Faults;
@@ -275,10 +273,13 @@ async fn an_unreachable_primary_fails_over_to_the_backup_and_back() {
     assert_eq!(row(&env, "b1").await.0, "succeeded", "served by the backup");
     assert_eq!(env.simulator().stats().calls, 1);
 
-    let primary = tagsweep::sim::Simulator::new(tagsweep::sim::SimConfig::new(common::SDKAPPID, common::SECRET_KEY))
-        .spawn(primary_addr)
-        .await
-        .unwrap();
+    let primary = tagsweep::sim::Simulator::new(tagsweep::sim::SimConfig::new(
+        crate::helpers::SDKAPPID,
+        crate::helpers::SECRET_KEY,
+    ))
+    .spawn(primary_addr)
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     env.publish_jobs(&[job("b2", "u2", &["a"])]).await;
     env.wait_for_rows(2, Duration::from_secs(10)).await;

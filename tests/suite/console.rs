@@ -6,14 +6,12 @@
 //! Set TAGSWEEP_SCREENSHOTS=docs/screenshots to refresh the README's
 //! screenshots while the story runs.
 
-mod common;
-#[path = "console/webdriver.rs"]
 mod webdriver;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{SDKAPPID, SECRET_KEY, TestEnv};
+use crate::helpers::{SDKAPPID, SECRET_KEY, TestEnv};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};

@@ -2,12 +2,10 @@
 //! PostgreSQL: together they never exceed it in any one-second window, as
 //! the simulator sees calls arrive, and together they still use 95% of it.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestEnv, job};
+use crate::helpers::{TestEnv, job};
 
 fn fleet_worker(env: &TestEnv) -> tokio::process::Child {
     env.tagsweep_process()
@@ -23,7 +21,7 @@ fn fleet_worker(env: &TestEnv) -> tokio::process::Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_share_one_rate_limit() {
-    let env = TestEnv::with_sim(|sim| {
+    let env = TestEnv::alone(|sim| {
         sim.latency = Duration::from_millis(50);
         sim.jitter = Duration::from_millis(20);
     })

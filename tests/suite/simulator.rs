@@ -139,7 +139,7 @@ fn vectors() -> Vec<Vector> {
         cases: Vec<Vector>,
     }
     let fixture: Fixture =
-        serde_json::from_str(include_str!("fixtures/usersig_vectors.json")).expect("the fixture parses");
+        serde_json::from_str(include_str!("../fixtures/usersig_vectors.json")).expect("the fixture parses");
     assert_eq!(fixture.cases.len(), 10, "the fixture holds ten cases");
     fixture.cases
 }

@@ -7,6 +7,9 @@
 //! Docker engine exists) from testcontainers. Each test gets its own
 //! exchanges and queues (random names, deleted at the end) and its own
 //! database (created fresh, dropped at the end).
+//!
+//! Shared by the one test binary (tests/suite) and, through `#[path]`, by
+//! the two that restart services and must run alone.
 
 #![allow(dead_code)]
 
@@ -22,11 +25,10 @@ use lapin::{BasicProperties, Channel, Connection};
 use secrecy::SecretString;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tagsweep::api::ClientSettings;
-use tagsweep::batch::BatchSize;
-use tagsweep::config::{Config, Credential, RetryPolicy, Topology};
+use tagsweep::config::{Config, Credential, RetryPolicy, Topology, defaults};
 use tagsweep::sim::{Running, SimConfig, Simulator};
 use tagsweep::worker::{self, Summary, WorkerError};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio_util::sync::CancellationToken;
 
 pub const SDKAPPID: u64 = 1400000000;
@@ -39,6 +41,26 @@ struct Services {
 
 static SERVICES: OnceCell<Services> = OnceCell::const_new();
 
+/// The machine, as the stories share it. Those that measure rates or run
+/// several worker processes take it alone, as they had it when each was a
+/// test binary of its own; the others hold it shared for as long as their
+/// [`TestEnv`] lives. Tokio's lock is fair, so a waiting lone story is not
+/// starved by a stream of sharing ones.
+static MACHINE: RwLock<()> = RwLock::const_new(());
+
+/// A story's hold on [`MACHINE`], released when its [`TestEnv`] goes
+/// (cleanup, or a panic's unwinding).
+enum Turn {
+    Shared(RwLockReadGuard<'static, ()>),
+    Alone(RwLockWriteGuard<'static, ()>),
+}
+
+/// The machine to itself, for a story that does not need a [`TestEnv`]
+/// (one that only runs the binary). Blocks; call it outside a runtime.
+pub fn machine_alone() -> RwLockWriteGuard<'static, ()> {
+    MACHINE.blocking_write()
+}
+
 fn listening(addr: &str) -> bool {
     let addr: SocketAddr = addr.parse().expect("a socket address");
     TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
@@ -49,9 +71,8 @@ async fn services() -> &'static Services {
         .get_or_init(|| async {
             let amqp = std::env::var("AMQP_URL").ok();
             let database = std::env::var("DATABASE_URL").ok();
-            let local_amqp = listening("127.0.0.1:5672").then(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-            let local_pg =
-                listening("127.0.0.1:5432").then(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+            let local_amqp = listening("127.0.0.1:5672").then(|| defaults::AMQP_URL.to_owned());
+            let local_pg = listening("127.0.0.1:5432").then(|| defaults::DATABASE_URL.to_owned());
             match (amqp.or(local_amqp), database.or(local_pg)) {
                 (Some(amqp_url), Some(database_url)) => Services { amqp_url, database_url },
                 (amqp, database) => containers(amqp, database).await,
@@ -92,21 +113,6 @@ async fn containers(amqp: Option<String>, database: Option<String>) -> Services 
     Services { amqp_url, database_url }
 }
 
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let root = match base.rfind('/') {
-        Some(i) if i > "postgres://".len() => &base[..i],
-        _ => base,
-    };
-    match query {
-        Some(query) => format!("{root}/{name}?{query}"),
-        None => format!("{root}/{name}"),
-    }
-}
-
 /// A test's own corner of the services, plus a simulator.
 pub struct TestEnv {
     pub amqp_url: String,
@@ -118,6 +124,7 @@ pub struct TestEnv {
     pub pool: PgPool,
     connection: Connection,
     pub channel: Channel,
+    _turn: Turn,
 }
 
 /// A worker running inside the test.
@@ -147,6 +154,16 @@ impl TestEnv {
     }
 
     pub async fn with_sim(adjust: impl FnOnce(&mut SimConfig)) -> TestEnv {
+        TestEnv::start(Turn::Shared(MACHINE.read().await), adjust).await
+    }
+
+    /// Like [`TestEnv::with_sim`], once no other story is running: for
+    /// stories whose figures (calls/s used, peaks) a neighbour would skew.
+    pub async fn alone(adjust: impl FnOnce(&mut SimConfig)) -> TestEnv {
+        TestEnv::start(Turn::Alone(MACHINE.write().await), adjust).await
+    }
+
+    async fn start(turn: Turn, adjust: impl FnOnce(&mut SimConfig)) -> TestEnv {
         let services = services().await;
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
 
@@ -156,7 +173,7 @@ impl TestEnv {
             .execute(&mut admin)
             .await
             .expect("create the test database");
-        let database_url = with_database(&services.database_url, &database);
+        let database_url = tagsweep::ops::with_database(&services.database_url, &database);
         let pool = PgPool::connect(&database_url).await.expect("connect to the test database");
 
         let topology = Topology {
@@ -165,7 +182,7 @@ impl TestEnv {
             queue: format!("test.{suffix}.remove"),
             dead_letter_exchange: format!("test.{suffix}.dead"),
             dead_letter_queue: format!("test.{suffix}.dead"),
-            queue_type: tagsweep::config::QueueType::Quorum,
+            queue_type: defaults::QUEUE_TYPE,
         };
         let connection = tagsweep::queue::connect(&SecretString::from(services.amqp_url.clone()), "tagsweep tests")
             .await
@@ -190,6 +207,7 @@ impl TestEnv {
             pool,
             connection,
             channel,
+            _turn: turn,
         }
     }
 
@@ -200,31 +218,23 @@ impl TestEnv {
     /// A worker configuration pointed at this test's names, with retries
     /// shortened so failure stories finish in seconds.
     pub fn config(&self) -> Config {
+        let defaults =
+            Config::new(self.sim.base_url(), SDKAPPID, Credential::SecretKey(SecretString::from(SECRET_KEY)));
         Config {
             amqp_url: SecretString::from(self.amqp_url.clone()),
             database_url: SecretString::from(self.database_url.clone()),
-            api: ClientSettings {
-                request_timeout: Duration::from_secs(5),
-                ..ClientSettings::new(self.sim.base_url(), SDKAPPID, "administrator")
-            },
-            credential: Credential::SecretKey(SecretString::from(SECRET_KEY)),
+            api: ClientSettings { request_timeout: Duration::from_secs(5), ..defaults.api.clone() },
             topology: self.topology.clone(),
-            max_calls_per_second: 100,
-            pacing_margin: Duration::from_millis(25),
-            batch_size: BatchSize::MAX,
             batch_linger: Duration::from_millis(20),
             retry: RetryPolicy {
                 initial: Duration::from_millis(20),
                 max_interval: Duration::from_millis(200),
                 max_elapsed: Duration::from_secs(2),
             },
-            prefetch: 2000,
             max_in_flight: 32,
             shutdown_grace: Duration::from_secs(10),
-            usersig_validity: tagsweep::usersig::DEFAULT_VALIDITY,
             connect_timeout: Duration::from_secs(30),
-            metrics_addr: None,
-            fleet_pacing: false,
+            ..defaults
         }
     }
 

@@ -1,12 +1,10 @@
 //! The core story: jobs go in on RabbitMQ, tags come off at the
 //! (simulated) Tencent endpoint, and every job ends with one row.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{TestEnv, job};
+use crate::helpers::{TestEnv, job};
 use lapin::BasicProperties;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};

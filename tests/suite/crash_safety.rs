@@ -3,12 +3,10 @@
 //! dead-lettered that should not be, and the jobs sent to the API twice
 //! stay within the batches that were in flight at each kill.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestEnv, job};
+use crate::helpers::{TestEnv, job};
 use rand::Rng;
 
 const TOTAL: i64 = 20_000;
@@ -28,7 +26,7 @@ fn worker_process(env: &TestEnv) -> tokio::process::Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing() {
-    let env = TestEnv::with_sim(|sim| {
+    let env = TestEnv::alone(|sim| {
         sim.max_calls_per_second = 50;
         sim.latency = Duration::from_millis(30);
         sim.jitter = Duration::from_millis(20);

@@ -2,11 +2,9 @@
 //! seconds and leaves them queued (no delivery spent), finishes what it
 //! holds, and takes them again on resume.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{SDKAPPID, TestEnv, job};
+use crate::helpers::{SDKAPPID, TestEnv, job};
 
 async fn run_cli(env: &TestEnv, args: &[&str]) {
     let status = env.tagsweep_process().args(args).status().await.expect("run tagsweep");

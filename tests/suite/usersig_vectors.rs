@@ -32,7 +32,7 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let text = include_str!("fixtures/usersig_vectors.json");
+    let text = include_str!("../fixtures/usersig_vectors.json");
     let fixture: Fixture = serde_json::from_str(text).expect("fixture parses");
     assert_eq!(fixture.cases.len(), 10, "the fixture holds ten cases");
     fixture.cases

@@ -3,12 +3,10 @@
 //! the first second, and deployment files that say what they promise.
 //! Every story drives the real binary against the real services.
 
-mod common;
-
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
+use crate::helpers::TestEnv;
 
 const PASSWORD: &str = "not-the-password-7f3a";
 

@@ -2,13 +2,11 @@
 //! failed ones, audit the job table, watch metrics and health — each
 //! through the real `tagsweep` binary against real services.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{TestEnv, job};
+use crate::helpers::{TestEnv, job};
 use tagsweep::sim::Faults;
 
 /// Runs `tagsweep` with this test's names and services.

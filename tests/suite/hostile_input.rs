@@ -2,11 +2,9 @@
 //! dead-lettered with its reason, the good ones flow past it, and a
 //! redelivery of a bad one finds its row instead of starting a second life.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestEnv, job};
+use crate::helpers::{TestEnv, job};
 use lapin::BasicProperties;
 use tagsweep::queue::header_str;
 

@@ -1,0 +1,31 @@
+//! tagsweep's integration stories, in one test binary.
+//!
+//! Each module is one capability; `helpers` is what every story starts
+//! from (real services, fresh names, the simulator). One binary links the
+//! dependency tree once instead of once per file, which was a quarter of a
+//! cold CI run. The stories that restart the machine's RabbitMQ or
+//! PostgreSQL stay binaries of their own (tests/broker_restart.rs,
+//! tests/database_restart.rs): cargo runs test binaries one after another,
+//! so nothing else is running when they pull a service away.
+//!
+//! Stories that measure rates or run several worker processes take the
+//! machine alone ([`helpers::TestEnv::alone`]), as they did when each was
+//! its own binary; the rest run side by side.
+
+mod helpers;
+
+mod bench;
+mod cli;
+mod console;
+mod crash_safety;
+mod failures;
+mod fleet;
+mod hostile_input;
+mod operators;
+mod pause;
+mod pipeline;
+mod production;
+mod request_shape;
+mod shutdown;
+mod simulator;
+mod usersig_vectors;

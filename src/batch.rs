@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// The API's ceiling on entries per request.
-pub const MAX_BATCH_SIZE: usize = 100;
+pub(crate) const MAX_BATCH_SIZE: usize = 100;
 
 /// A batch size the API accepts: 1 to 100.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,14 +48,14 @@ pub struct Entry {
 
 /// Entries for one request: never more than its size, never an account twice.
 #[derive(Debug, Clone)]
-pub struct Batch {
+pub(crate) struct Batch {
     entries: Vec<Entry>,
     accounts: HashSet<Arc<str>>,
     capacity: BatchSize,
 }
 
 impl Batch {
-    pub fn new(capacity: BatchSize) -> Self {
+    pub(crate) fn new(capacity: BatchSize) -> Self {
         Batch {
             entries: Vec::with_capacity(capacity.get()),
             accounts: HashSet::with_capacity(capacity.get()),
@@ -65,7 +65,7 @@ impl Batch {
 
     /// Adds the entry, or hands it back when the batch is full or already
     /// holds its account.
-    pub fn try_push(&mut self, entry: Entry) -> Result<(), Entry> {
+    pub(crate) fn try_push(&mut self, entry: Entry) -> Result<(), Entry> {
         if self.is_full() || self.accounts.contains(&entry.account) {
             return Err(entry);
         }
@@ -74,25 +74,21 @@ impl Batch {
         Ok(())
     }
 
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.entries.len() >= self.capacity.get()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn entries(&self) -> &[Entry] {
+    pub(crate) fn entries(&self) -> &[Entry] {
         &self.entries
     }
 
     /// Halves the batch, for finding the entry that a whole request fails on.
     /// `None` for a batch of one (or none): it cannot be split.
-    pub fn split(self) -> Option<(Batch, Batch)> {
+    pub(crate) fn split(self) -> Option<(Batch, Batch)> {
         if self.entries.len() < 2 {
             return None;
         }
@@ -109,41 +105,33 @@ impl Batch {
 
 /// Parts waiting for a batch, oldest first.
 #[derive(Debug)]
-pub struct Packer {
+pub(crate) struct Packer {
     waiting: VecDeque<(Entry, Instant)>,
     size: BatchSize,
 }
 
 impl Packer {
-    pub fn new(size: BatchSize) -> Self {
+    pub(crate) fn new(size: BatchSize) -> Self {
         Packer { waiting: VecDeque::new(), size }
     }
 
-    pub fn push(&mut self, entry: Entry, now: Instant) {
+    pub(crate) fn push(&mut self, entry: Entry, now: Instant) {
         self.waiting.push_back((entry, now));
     }
 
-    pub fn len(&self) -> usize {
-        self.waiting.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-
     /// When the oldest waiting part arrived: the linger runs from there.
-    pub fn oldest(&self) -> Option<Instant> {
+    pub(crate) fn oldest(&self) -> Option<Instant> {
         self.waiting.front().map(|(_, at)| *at)
     }
 
     /// True when a full batch can go out now, linger or not.
-    pub fn has_full_batch(&self) -> bool {
+    pub(crate) fn has_full_batch(&self) -> bool {
         self.waiting.len() >= self.size.get()
     }
 
     /// Takes the next batch in arrival order. A part whose account is
     /// already in this batch keeps its place at the front for the next one.
-    pub fn take_batch(&mut self) -> Option<Batch> {
+    pub(crate) fn take_batch(&mut self) -> Option<Batch> {
         if self.waiting.is_empty() {
             return None;
         }
@@ -164,7 +152,7 @@ impl Packer {
     }
 
     /// Removes and returns every waiting part (at shutdown, to return them).
-    pub fn drain(&mut self) -> impl Iterator<Item = Entry> + '_ {
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Entry> + '_ {
         self.waiting.drain(..).map(|(entry, _)| entry)
     }
 }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::config::RetryPolicy;
 
 /// How long a command other than `run` waits for a service that is not up yet.
-pub const OPS_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const OPS_WAIT: Duration = Duration::from_secs(10);
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,7 @@ const AMQP_FLAG: &str = "--amqp-url (AMQP_URL)";
 const DATABASE_FLAG: &str = "--database-url (DATABASE_URL)";
 
 /// Connects to the broker, waiting at most `limit` for it to come up.
-pub async fn broker(url: &SecretString, name: &str, limit: Duration) -> Result<Connection, ConnectError> {
+pub(crate) async fn broker(url: &SecretString, name: &str, limit: Duration) -> Result<Connection, ConnectError> {
     let uri: AMQPUri = url.expose_secret().parse().map_err(|cause: String| ConnectError::Config {
         service: BROKER,
         target: "the configured URL".into(),
@@ -100,7 +100,7 @@ pub async fn broker(url: &SecretString, name: &str, limit: Duration) -> Result<C
 /// Checks that PostgreSQL accepts `url`, waiting at most `limit` for it to
 /// come up; returns the parsed options for a pool. A single connection is
 /// tried rather than a pool, whose errors would all read "pool timed out".
-pub async fn database(url: &SecretString, limit: Duration) -> Result<PgConnectOptions, ConnectError> {
+pub(crate) async fn database(url: &SecretString, limit: Duration) -> Result<PgConnectOptions, ConnectError> {
     let options: PgConnectOptions = url.expose_secret().parse().map_err(|e: sqlx::Error| ConnectError::Config {
         service: DATABASE,
         target: "the configured URL".into(),

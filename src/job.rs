@@ -8,22 +8,22 @@
 use serde_json::Value;
 
 /// A body larger than this is invalid without being parsed.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-pub const MAX_JOB_ID_BYTES: usize = 128;
-pub const MAX_ACCOUNT_BYTES: usize = 32;
-pub const MAX_TAGS_PER_JOB: usize = 100;
-pub const MAX_TAG_BYTES: usize = 50;
+pub(crate) const MAX_BODY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_JOB_ID_BYTES: usize = 128;
+pub(crate) const MAX_ACCOUNT_BYTES: usize = 32;
+pub(crate) const MAX_TAGS_PER_JOB: usize = 100;
+pub(crate) const MAX_TAG_BYTES: usize = 50;
 /// Tags per `UserTags` entry; a job with more travels in several calls.
-pub const MAX_TAGS_PER_ENTRY: usize = 10;
+pub(crate) const MAX_TAGS_PER_ENTRY: usize = 10;
 
 /// How a U+0000 is written in a stored id, account or tag. PostgreSQL's
 /// `text` cannot hold the character at all, so a job carrying it is
 /// invalid (CONTRACT §2), and its row keeps the text with each U+0000
 /// replaced by these six characters: a redelivery maps to the same id.
-pub const NUL_ESCAPE: &str = "\\u0000";
+pub(crate) const NUL_ESCAPE: &str = "\\u0000";
 
 /// The text with every U+0000 written as [`NUL_ESCAPE`].
-pub fn escape_nul(text: &str) -> String {
+pub(crate) fn escape_nul(text: &str) -> String {
     text.replace('\0', NUL_ESCAPE)
 }
 
@@ -32,7 +32,7 @@ const NUL_RULE: &str = "holds U+0000, which PostgreSQL cannot store";
 /// Where the job id came from. Only an id the producer chose lets a
 /// redelivery be recognised as the same job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdSource {
+pub(crate) enum IdSource {
     Body,
     MessageId,
     Assigned,
@@ -40,7 +40,7 @@ pub enum IdSource {
 
 /// A valid job: an account and 1..=100 distinct tags.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Job {
+pub(crate) struct Job {
     pub id: String,
     pub id_source: IdSource,
     pub account: String,
@@ -50,14 +50,14 @@ pub struct Job {
 
 impl Job {
     /// The tags in API-sized parts of at most [`MAX_TAGS_PER_ENTRY`].
-    pub fn parts(&self) -> impl Iterator<Item = &[String]> {
+    pub(crate) fn parts(&self) -> impl Iterator<Item = &[String]> {
         self.tags.chunks(MAX_TAGS_PER_ENTRY)
     }
 }
 
 /// A message that broke CONTRACT §2. It is dead-lettered, never sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidJob {
+pub(crate) struct InvalidJob {
     pub id: String,
     pub id_source: IdSource,
     /// The account when it could be read, for the audit trail.
@@ -69,7 +69,7 @@ pub struct InvalidJob {
 }
 
 /// Parses a message body. `message_id` is the AMQP property, the fallback id.
-pub fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, InvalidJob> {
+pub(crate) fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, InvalidJob> {
     let fallback_id = || match message_id.filter(|id| !id.is_empty() && id.len() <= MAX_JOB_ID_BYTES) {
         Some(id) => (escape_nul(id), IdSource::MessageId),
         None => (uuid::Uuid::new_v4().to_string(), IdSource::Assigned),

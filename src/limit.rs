@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 #[derive(Debug)]
-pub struct Pacer {
+pub(crate) struct Pacer {
     max_calls: usize,
     window: Duration,
     spacing: Duration,
@@ -44,7 +44,7 @@ struct State {
 
 impl Pacer {
     /// At most `max_calls_per_second` sends in any window of `1 s + margin`.
-    pub fn new(max_calls_per_second: u32, margin: Duration) -> Self {
+    pub(crate) fn new(max_calls_per_second: u32, margin: Duration) -> Self {
         let max_calls = max_calls_per_second.max(1) as usize;
         let window = Duration::from_secs(1) + margin;
         Pacer {
@@ -62,7 +62,7 @@ impl Pacer {
     /// Waits for a send slot; returns how long it waited. Cancel-safe in the
     /// sense that matters: a dropped waiter leaves its slot reserved, which
     /// only makes the pace slower, never faster.
-    pub async fn acquire(&self) -> Duration {
+    pub(crate) async fn acquire(&self) -> Duration {
         self.acquire_reserved(self.reserve(Instant::now())).await
     }
 
@@ -70,13 +70,13 @@ impl Pacer {
     /// [`Pacer::acquire_reserved`]. The worker reserves in dispatch order,
     /// so batches go out (and finish) in the order they were formed, which
     /// keeps acknowledgements contiguous.
-    pub fn reserve_slot(&self) -> Instant {
+    pub(crate) fn reserve_slot(&self) -> Instant {
         self.reserve(Instant::now())
     }
 
     /// Waits for a reserved slot, then for admission against the actual
     /// dispatch log; returns how long it waited.
-    pub async fn acquire_reserved(&self, slot: Instant) -> Duration {
+    pub(crate) async fn acquire_reserved(&self, slot: Instant) -> Duration {
         let start = Instant::now();
         tokio::time::sleep_until(slot).await;
         loop {
@@ -131,7 +131,7 @@ impl Pacer {
     }
 
     /// Holds every call back until at least `now + duration`.
-    pub fn pause(&self, duration: Duration) {
+    pub(crate) fn pause(&self, duration: Duration) {
         let until = Instant::now() + duration;
         let mut state = self.lock();
         state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
@@ -153,7 +153,7 @@ impl Pacer {
 /// next one, since a late send could squeeze the window. The local [`Pacer`]
 /// still applies on top, as a guard within the process.
 #[derive(Debug)]
-pub struct SharedPacer {
+pub(crate) struct SharedPacer {
     pool: sqlx::PgPool,
     sdkappid: i64,
     spacing: Duration,
@@ -171,7 +171,7 @@ SET next_slot = greatest(p.next_slot, clock_timestamp(), coalesce(p.paused_until
 RETURNING extract(epoch FROM p.next_slot - $2 * $3 * interval '1 microsecond')::float8";
 
 impl SharedPacer {
-    pub fn new(pool: sqlx::PgPool, sdkappid: u64, max_calls_per_second: u32, margin: Duration) -> Self {
+    pub(crate) fn new(pool: sqlx::PgPool, sdkappid: u64, max_calls_per_second: u32, margin: Duration) -> Self {
         let local = Pacer::new(max_calls_per_second, margin);
         SharedPacer {
             pool,
@@ -186,7 +186,7 @@ impl SharedPacer {
     }
 
     /// Waits for a fleet-wide send slot; returns how long it waited.
-    pub async fn acquire(&self) -> Duration {
+    pub(crate) async fn acquire(&self) -> Duration {
         let start = Instant::now();
         loop {
             let slot = self.next_slot().await;
@@ -252,7 +252,7 @@ impl SharedPacer {
     }
 
     /// Pauses every worker of the fleet (a rate-limited answer).
-    pub async fn pause(&self, duration: Duration) {
+    pub(crate) async fn pause(&self, duration: Duration) {
         self.local.pause(duration);
         self.slots.lock().await.clear();
         let micros = i64::try_from(duration.as_micros()).unwrap_or(i64::MAX);
@@ -273,13 +273,13 @@ impl SharedPacer {
 
 /// The worker's pacing: in-process, or shared by the fleet.
 #[derive(Debug)]
-pub enum Pacing {
+pub(crate) enum Pacing {
     Local(Pacer),
     Fleet(SharedPacer),
 }
 
 impl Pacing {
-    pub async fn acquire(&self) -> Duration {
+    pub(crate) async fn acquire(&self) -> Duration {
         match self {
             Pacing::Local(pacer) => pacer.acquire().await,
             Pacing::Fleet(pacer) => pacer.acquire().await,
@@ -287,7 +287,7 @@ impl Pacing {
     }
 
     /// A slot reserved now, where the pacing can reserve without waiting.
-    pub fn reserve_slot(&self) -> Option<Instant> {
+    pub(crate) fn reserve_slot(&self) -> Option<Instant> {
         match self {
             Pacing::Local(pacer) => Some(pacer.reserve_slot()),
             Pacing::Fleet(_) => None,
@@ -295,14 +295,14 @@ impl Pacing {
     }
 
     /// Waits for `slot` if one was reserved, else for the next one.
-    pub async fn acquire_reserved(&self, slot: Option<Instant>) -> Duration {
+    pub(crate) async fn acquire_reserved(&self, slot: Option<Instant>) -> Duration {
         match (self, slot) {
             (Pacing::Local(pacer), Some(slot)) => pacer.acquire_reserved(slot).await,
             _ => self.acquire().await,
         }
     }
 
-    pub async fn pause(&self, duration: Duration) {
+    pub(crate) async fn pause(&self, duration: Duration) {
         match self {
             Pacing::Local(pacer) => pacer.pause(duration),
             Pacing::Fleet(pacer) => pacer.pause(duration).await,
@@ -310,23 +310,24 @@ impl Pacing {
     }
 }
 
-/// The most send times in any window of `window` among sorted `times`;
-/// the simulator and the tests judge pacing with it.
-pub fn peak_in_window(times: &[Instant], window: Duration) -> usize {
-    let mut peak = 0;
-    let mut start = 0;
-    for end in 0..times.len() {
-        while times[end].duration_since(times[start]) >= window {
-            start += 1;
-        }
-        peak = peak.max(end - start + 1);
-    }
-    peak
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The most send times in any window of `window` among sorted `times`.
+    /// (The simulator keeps its own count: a judge does not share the
+    /// rulebook of the judged.)
+    fn peak_in_window(times: &[Instant], window: Duration) -> usize {
+        let mut peak = 0;
+        let mut start = 0;
+        for end in 0..times.len() {
+            while times[end].duration_since(times[start]) >= window {
+                start += 1;
+            }
+            peak = peak.max(end - start + 1);
+        }
+        peak
+    }
 
     #[tokio::test(start_paused = true)]
     async fn never_more_than_n_in_any_second_even_from_a_standing_start() {

@@ -26,7 +26,7 @@ pub enum LogFormat {
 const DEFAULT_FILTER: &str = "info,lapin=warn,amq_protocol=warn,sqlx=warn,hyper=warn,reqwest=warn";
 
 /// Installs the global subscriber; a second call (tests) is a no-op.
-pub fn init(format: LogFormat) {
+pub(crate) fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
@@ -51,10 +51,10 @@ fn is_lapin(target: &str) -> bool {
 /// attempt makes lapin log several ERROR lines that say less than the one
 /// line [`crate::connect`] writes about the same failure.
 #[derive(Debug)]
-pub struct QuietLapin(());
+pub(crate) struct QuietLapin(());
 
 impl QuietLapin {
-    pub fn new() -> QuietLapin {
+    pub(crate) fn new() -> QuietLapin {
         QUIET_LAPIN.fetch_add(1, Ordering::Relaxed);
         QuietLapin(())
     }
@@ -62,7 +62,7 @@ impl QuietLapin {
 
 impl QuietLapin {
     /// Keeps lapin quiet for the rest of the process.
-    pub fn keep(self) {
+    pub(crate) fn keep(self) {
         std::mem::forget(self);
     }
 }
@@ -92,7 +92,7 @@ impl Drop for QuietLapin {
 /// }
 /// ```
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     every: Duration,
     keys: Mutex<HashMap<String, Window>>,
 }
@@ -104,13 +104,13 @@ struct Window {
 }
 
 impl Throttle {
-    pub fn new(every: Duration) -> Throttle {
+    pub(crate) fn new(every: Duration) -> Throttle {
         Throttle { every, keys: Mutex::new(HashMap::new()) }
     }
 
     /// `Some(n)` if a line for `key` may be written now, `n` being how many
     /// were held back since the last one; `None` to hold this one back.
-    pub fn admit(&self, key: &str) -> Option<u64> {
+    pub(crate) fn admit(&self, key: &str) -> Option<u64> {
         self.admit_at(key, Instant::now())
     }
 
@@ -135,12 +135,12 @@ impl Throttle {
 }
 
 /// " (k more suppressed)" for k > 0, else nothing: the tail of a throttled line.
-pub fn suppressed(held_back: u64) -> String {
+pub(crate) fn suppressed(held_back: u64) -> String {
     if held_back == 0 { String::new() } else { format!(" ({} more suppressed)", thousands(held_back)) }
 }
 
 /// 12345 → "12,345".
-pub fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
@@ -168,30 +168,30 @@ impl std::fmt::Display for crate::worker::Summary {
 }
 
 /// The metrics the worker records, named in one place.
-pub mod names {
+pub(crate) mod names {
     /// Jobs by outcome: succeeded, dead_lettered, invalid, duplicate, returned.
-    pub const JOBS: &str = "tagsweep_jobs_total";
+    pub(crate) const JOBS: &str = "tagsweep_jobs_total";
     /// API calls by ErrorCode (0 for success) and outcome class.
-    pub const API_CALLS: &str = "tagsweep_api_calls_total";
+    pub(crate) const API_CALLS: &str = "tagsweep_api_calls_total";
     /// Attempts after the first for the same entries.
-    pub const RETRIES: &str = "tagsweep_retries_total";
-    pub const DEAD_LETTERS: &str = "tagsweep_dead_letters_total";
+    pub(crate) const RETRIES: &str = "tagsweep_retries_total";
+    pub(crate) const DEAD_LETTERS: &str = "tagsweep_dead_letters_total";
     /// Entries per API call.
-    pub const BATCH_ENTRIES: &str = "tagsweep_batch_entries";
-    pub const CALL_LATENCY: &str = "tagsweep_call_latency_seconds";
-    pub const CALLS_IN_FLIGHT: &str = "tagsweep_calls_in_flight";
+    pub(crate) const BATCH_ENTRIES: &str = "tagsweep_batch_entries";
+    pub(crate) const CALL_LATENCY: &str = "tagsweep_call_latency_seconds";
+    pub(crate) const CALLS_IN_FLIGHT: &str = "tagsweep_calls_in_flight";
     /// Time a call waited for its pacing slot.
-    pub const PACING_WAIT: &str = "tagsweep_pacing_wait_seconds";
-    pub const JOBS_IN_HAND: &str = "tagsweep_jobs_in_hand";
+    pub(crate) const PACING_WAIT: &str = "tagsweep_pacing_wait_seconds";
+    pub(crate) const JOBS_IN_HAND: &str = "tagsweep_jobs_in_hand";
     /// Acknowledgement frames sent (one `multiple` ack can settle many jobs).
-    pub const BROKER_ACKS: &str = "tagsweep_broker_acks_total";
+    pub(crate) const BROKER_ACKS: &str = "tagsweep_broker_acks_total";
     /// Dead-letter publish plus the one statement that records a group.
-    pub const PERSIST_LATENCY: &str = "tagsweep_persist_seconds";
-    pub const PERSIST_ROWS: &str = "tagsweep_persist_rows";
+    pub(crate) const PERSIST_LATENCY: &str = "tagsweep_persist_seconds";
+    pub(crate) const PERSIST_ROWS: &str = "tagsweep_persist_rows";
     /// Statements the worker sent to PostgreSQL (admission checks and writes).
-    pub const DB_STATEMENTS: &str = "tagsweep_db_statements_total";
+    pub(crate) const DB_STATEMENTS: &str = "tagsweep_db_statements_total";
     /// 1 while the app is paused fleet-wide (`tagsweep pause`), else 0.
-    pub const APP_PAUSED: &str = "tagsweep_app_paused";
+    pub(crate) const APP_PAUSED: &str = "tagsweep_app_paused";
 }
 
 static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
@@ -199,7 +199,7 @@ static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::Prome
 
 /// Installs the Prometheus recorder once per process and returns its handle
 /// (None if another recorder was installed first).
-pub fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+pub(crate) fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
             use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -269,38 +269,38 @@ fn register_zeros() {
 /// What /readyz reports: ready only while both connections are up and
 /// the app is not paused (`tagsweep pause`).
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     pub broker: std::sync::atomic::AtomicBool,
     pub database: std::sync::atomic::AtomicBool,
     pub paused: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
-    pub fn set_broker(&self, up: bool) {
+    pub(crate) fn set_broker(&self, up: bool) {
         self.broker.store(up, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn set_database(&self, up: bool) {
+    pub(crate) fn set_database(&self, up: bool) {
         self.database.store(up, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn set_paused(&self, paused: bool) {
+    pub(crate) fn set_paused(&self, paused: bool) {
         self.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.broker.load(std::sync::atomic::Ordering::Relaxed)
             && self.database.load(std::sync::atomic::Ordering::Relaxed)
             && !self.is_paused()
     }
 
-    pub fn is_paused(&self) -> bool {
+    pub(crate) fn is_paused(&self) -> bool {
         self.paused.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until dropped.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: std::net::SocketAddr,
     health: std::sync::Arc<Health>,
 ) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {

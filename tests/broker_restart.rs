@@ -45,7 +45,7 @@ async fn a_broker_restart_loses_nothing() {
     env.publish_jobs(&bodies).await;
     let mut config = env.config();
     config.max_calls_per_second = 20;
-    config.batch_size = tagsweep::batch::BatchSize::new(20).unwrap();
+    config.batch_size = tagsweep::BatchSize::new(20).unwrap();
     let worker = env.spawn_worker(config.clone());
     env.wait_for_rows(100, Duration::from_secs(30)).await;
 

@@ -85,7 +85,7 @@ impl CallError {
 /// Classifies a non-zero ErrorCode of an HTTP 200 answer, per the error
 /// table of `tencent-im-remove-tag.md`. Unknown codes are permanent: the
 /// bisection then isolates the job at fault instead of retrying forever.
-pub fn classify_error_code(failure: Failure) -> CallError {
+pub(super) fn classify_error_code(failure: Failure) -> CallError {
     match failure.error_code {
         91000 | 90992 | 90994 | 90995 | 60008 | 60013 | 60014 | 70169 | 70202 | 70500 => CallError::Transient(failure),
         60007 | 60011 | 60018 | 60019 => CallError::RateLimited(failure),
@@ -99,7 +99,7 @@ pub fn classify_error_code(failure: Failure) -> CallError {
 }
 
 /// Classifies an HTTP status other than 200.
-pub fn classify_http_status(status: u16, body_excerpt: &str) -> CallError {
+pub(super) fn classify_http_status(status: u16, body_excerpt: &str) -> CallError {
     let failure = Failure { error_code: i32::from(status), error_info: format!("HTTP {status}: {body_excerpt}") };
     match status {
         429 => CallError::RateLimited(failure),
@@ -121,7 +121,7 @@ struct Answer {
 }
 
 /// Turns an HTTP 200 body into an outcome.
-pub fn interpret(body: &[u8]) -> Result<(), CallError> {
+pub(super) fn interpret(body: &[u8]) -> Result<(), CallError> {
     match serde_json::from_slice::<Answer>(body) {
         Ok(answer) if answer.error_code == 0 && answer.action_status == "OK" => Ok(()),
         Ok(answer) if answer.error_code == 0 => Err(CallError::Transient(Failure {

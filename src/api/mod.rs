@@ -5,7 +5,7 @@
 //! [`CallError`] that says what the worker should do about it: retry
 //! (transient, rate-limited), re-sign (stale signature), stop (credential),
 //! or find the job at fault (permanent). The table lives in
-//! [`classify_error_code`] and [`classify_http_status`].
+//! `answer.rs` (`classify_error_code`, `classify_http_status`).
 //!
 //! The UserSig rides in the URL query, and reqwest's errors print their URL:
 //! every error here is rendered with `without_url()` so neither the UserSig
@@ -15,8 +15,8 @@ mod answer;
 mod client;
 mod region;
 
-pub use answer::{CallError, Failure, classify_error_code, classify_http_status, interpret};
+pub use answer::{CallError, Failure};
 pub use client::{ApiClient, CallReport, ClientSettings};
 pub use region::Region;
 
-pub const REMOVE_TAG_PATH: &str = "/v4/all_member_push/im_remove_tag";
+pub(crate) const REMOVE_TAG_PATH: &str = "/v4/all_member_push/im_remove_tag";

@@ -17,10 +17,10 @@ use sqlx::{PgPool, Postgres, QueryBuilder};
 use super::OpsError;
 
 /// The statuses a row can have; `--status` takes only these.
-pub const STATUSES: [&str; 3] = ["succeeded", "dead_lettered", "replaying"];
+pub(crate) const STATUSES: [&str; 3] = ["succeeded", "dead_lettered", "replaying"];
 
 #[derive(Debug, Clone, Default)]
-pub struct JobQuery {
+pub(crate) struct JobQuery {
     pub account: Option<String>,
     pub job_id: Option<String>,
     pub status: Option<String>,
@@ -56,7 +56,7 @@ pub struct JobRecord {
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, PartialEq, Eq)]
-pub struct SummaryRow {
+pub(crate) struct SummaryRow {
     pub bucket: DateTime<Utc>,
     pub status: String,
     pub error_code: Option<i32>,
@@ -87,7 +87,7 @@ fn filters(query: &mut QueryBuilder<Postgres>, q: &JobQuery) {
 
 /// Fails with a sentence rather than `relation "tag_removal_jobs" does not
 /// exist` when the database has never seen a worker.
-pub async fn require_job_table(pool: &PgPool) -> Result<(), OpsError> {
+pub(crate) async fn require_job_table(pool: &PgPool) -> Result<(), OpsError> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('tag_removal_jobs') IS NOT NULL").fetch_one(pool).await?;
     if exists {
         Ok(())
@@ -99,7 +99,7 @@ pub async fn require_job_table(pool: &PgPool) -> Result<(), OpsError> {
 }
 
 /// The jobs matching `q`, newest first.
-pub async fn list(pool: &PgPool, q: &JobQuery) -> Result<Vec<JobRecord>, OpsError> {
+pub(crate) async fn list(pool: &PgPool, q: &JobQuery) -> Result<Vec<JobRecord>, OpsError> {
     require_job_table(pool).await?;
     let mut query = QueryBuilder::new(
         "SELECT job_id, account, tags, status, attempts, error_code, error_info, received_at, finished_at, replay_count, \
@@ -111,7 +111,7 @@ pub async fn list(pool: &PgPool, q: &JobQuery) -> Result<Vec<JobRecord>, OpsErro
 }
 
 /// Counts by bucket, status and error code.
-pub async fn summary(pool: &PgPool, q: &JobQuery, bucket: Bucket) -> Result<Vec<SummaryRow>, OpsError> {
+pub(crate) async fn summary(pool: &PgPool, q: &JobQuery, bucket: Bucket) -> Result<Vec<SummaryRow>, OpsError> {
     require_job_table(pool).await?;
     let unit = match bucket {
         Bucket::Hour => "hour",
@@ -126,7 +126,7 @@ pub async fn summary(pool: &PgPool, q: &JobQuery, bucket: Bucket) -> Result<Vec<
 }
 
 /// Reads `2026-11-27T10:00:00Z`, `2026-11-27`, or a time ago: `90s`, `15m`, `24h`, `7d`.
-pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     let text = text.trim();
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Ok(time.with_timezone(&Utc));
@@ -177,7 +177,7 @@ fn time(t: DateTime<Utc>) -> String {
 }
 
 /// A table for people.
-pub fn render_jobs(rows: &[JobRecord]) -> String {
+pub(crate) fn render_jobs(rows: &[JobRecord]) -> String {
     let mut table = table(&["job_id", "account", "tags", "status", "calls", "error", "received (UTC)", "took"]);
     // Wrapping takes from every column alike. A tag, a status and a time
     // should stay whole; the error text and long ids give way first.
@@ -225,7 +225,7 @@ fn took(span: TimeDelta) -> String {
     }
 }
 
-pub fn render_summary(rows: &[SummaryRow]) -> String {
+pub(crate) fn render_summary(rows: &[SummaryRow]) -> String {
     let mut table = table(&["from (UTC)", "status", "error_code", "jobs"]);
     for row in rows {
         table.add_row([

@@ -31,7 +31,7 @@ const SDKAPPID: u64 = 1400000000;
 const KEY: &str = "tagsweep-bench-secret";
 
 #[derive(Debug, Clone)]
-pub struct BenchOptions {
+pub(crate) struct BenchOptions {
     pub amqp_url: SecretString,
     pub database_url: SecretString,
     pub jobs: u64,
@@ -106,7 +106,7 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-pub async fn run(options: BenchOptions) -> Result<String, OpsError> {
+pub(crate) async fn run(options: BenchOptions) -> Result<String, OpsError> {
     let database_url = super::fresh_database(options.database_url.expose_secret(), DATABASE).await?;
 
     let (limit, latency, jitter, worker_rate) = if options.unlimited {

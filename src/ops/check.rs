@@ -25,15 +25,15 @@ use crate::usersig::Signer;
 
 /// The account and tag of the credential probe: removing a tag nobody has
 /// from an account nobody uses changes nothing at Tencent.
-pub const PROBE_ACCOUNT: &str = "tagsweep-check";
-pub const PROBE_TAG: &str = "tagsweep-check";
+pub(crate) const PROBE_ACCOUNT: &str = "tagsweep-check";
+pub(crate) const PROBE_TAG: &str = "tagsweep-check";
 
 /// Offsets above this make fleet pacing's shared slot grid unreliable.
 const MAX_CLOCK_OFFSET: Duration = Duration::from_millis(500);
 
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
+pub(crate) struct Item {
     pub ok: bool,
     pub what: String,
     pub fix: Option<String>,
@@ -62,18 +62,14 @@ impl Item {
 
 /// Every item, in the order checked.
 #[derive(Debug, Clone, Default)]
-pub struct Checklist {
+pub(crate) struct Checklist {
     pub items: Vec<Item>,
 }
 
 impl Checklist {
-    pub fn passed(&self) -> bool {
-        self.items.iter().all(|item| item.ok)
-    }
-
     /// 0 if all passed, else the most specific code among the failures
     /// (3 credentials over 2 configuration over 1 unreachable).
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         self.items.iter().map(|item| item.code).max().unwrap_or(0)
     }
 }
@@ -95,7 +91,7 @@ impl std::fmt::Display for Checklist {
 }
 
 /// Runs every check against `config` (the same settings as `tagsweep run`).
-pub async fn run(config: &Config) -> Checklist {
+pub(crate) async fn run(config: &Config) -> Checklist {
     let mut list = Checklist::default();
     broker(config, &mut list.items).await;
     database(config, &mut list.items).await;

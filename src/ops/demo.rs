@@ -21,12 +21,12 @@ use super::enqueue::progress_bar;
 use crate::config::{Config, Credential, RetryPolicy, Topology};
 use crate::sim::{Faults, SimConfig, Simulator};
 
-pub const DEMO_DATABASE: &str = "tagsweep_demo";
+pub(crate) const DEMO_DATABASE: &str = "tagsweep_demo";
 const SDKAPPID: u64 = 1400000000;
 const KEY: &str = "tagsweep-demo-secret";
 
 #[derive(Debug, Clone)]
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     pub amqp_url: SecretString,
     /// The server's URL; the demo uses its own database on that server.
     pub database_url: SecretString,
@@ -63,7 +63,7 @@ fn workload(jobs: u64) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-pub async fn run(options: DemoOptions) -> Result<String, OpsError> {
+pub(crate) async fn run(options: DemoOptions) -> Result<String, OpsError> {
     // A database of its own, fresh for every run.
     let database_url = super::fresh_database(options.database_url.expose_secret(), DEMO_DATABASE).await?;
 

@@ -30,7 +30,7 @@ pub enum Format {
 
 /// Where the jobs come from.
 #[derive(Debug, Clone)]
-pub enum Input {
+pub(crate) enum Input {
     /// One job from the command line.
     One { job_id: Option<String>, account: String, tags: Vec<String> },
     /// A file (or `-` for stdin) of jobs, one per line.
@@ -38,7 +38,7 @@ pub enum Input {
 }
 
 #[derive(Debug, Clone)]
-pub struct EnqueueOptions {
+pub(crate) struct EnqueueOptions {
     pub input: Input,
     pub skip_invalid: bool,
     /// Publishes awaiting their confirm at once.
@@ -48,13 +48,13 @@ pub struct EnqueueOptions {
 
 /// A line that is not a valid job.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadLine {
+pub(crate) struct BadLine {
     pub line: u64,
     pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct EnqueueReport {
+pub(crate) struct EnqueueReport {
     pub published: u64,
     pub skipped: u64,
     pub bad_lines: Vec<BadLine>,
@@ -180,7 +180,7 @@ fn validate(file: &File, format: Format) -> Result<(u64, Vec<BadLine>), OpsError
 
 /// Validates, then publishes. With invalid lines and no `skip_invalid`,
 /// returns an `Input` error listing them and publishes nothing.
-pub async fn enqueue(
+pub(crate) async fn enqueue(
     connection: &lapin::Connection,
     topology: &Topology,
     options: EnqueueOptions,
@@ -244,7 +244,7 @@ async fn publish_all(
     Ok(report)
 }
 
-pub fn progress_bar(total: u64, visible: bool) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(total: u64, visible: bool) -> indicatif::ProgressBar {
     if !visible {
         return indicatif::ProgressBar::hidden();
     }

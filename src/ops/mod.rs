@@ -6,14 +6,14 @@
 //! worker uses (`job` for validation, `queue` for topology and headers,
 //! `store` for the table), and returns a report the CLI prints.
 
-pub mod audit;
-pub mod bench;
-pub mod check;
-pub mod demo;
-pub mod enqueue;
-pub mod pause;
-pub mod prune;
-pub mod replay;
+pub(crate) mod audit;
+pub(crate) mod bench;
+pub(crate) mod check;
+pub(crate) mod demo;
+pub(crate) mod enqueue;
+pub(crate) mod pause;
+pub(crate) mod prune;
+pub(crate) mod replay;
 
 /// The same server URL with another database name: how a command (or a
 /// test) reaches its own scratch database on the operator's server. Only
@@ -33,7 +33,7 @@ pub fn with_database(url: &str, name: &str) -> String {
 
 /// Drops and recreates database `name` on the server of `server_url` (a
 /// command's own scratch database) and returns its URL.
-pub async fn fresh_database(server_url: &str, name: &str) -> Result<String, OpsError> {
+pub(crate) async fn fresh_database(server_url: &str, name: &str) -> Result<String, OpsError> {
     use sqlx::Connection as _;
     let mut admin = sqlx::PgConnection::connect(server_url).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))

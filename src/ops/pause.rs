@@ -14,7 +14,7 @@ use super::OpsError;
 
 /// What a pause or resume changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Change {
+pub(crate) enum Change {
     /// The row was written (or removed).
     Done,
     /// It already was paused (or running): nothing changed.
@@ -23,7 +23,7 @@ pub enum Change {
 
 /// One paused app, as the table holds it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct Pause {
+pub(crate) struct Pause {
     pub sdkappid: i64,
     pub paused_at: DateTime<Utc>,
     pub paused_by: String,
@@ -32,7 +32,7 @@ pub struct Pause {
 
 /// One recorded operator action.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct Action {
+pub(crate) struct Action {
     pub id: i64,
     pub at: DateTime<Utc>,
     pub who: String,
@@ -46,7 +46,7 @@ fn app_key(sdkappid: u64) -> Result<i64, OpsError> {
 }
 
 /// Pauses `sdkappid` fleet-wide, recording who did it.
-pub async fn pause(pool: &PgPool, sdkappid: u64, who: &str, reason: Option<&str>) -> Result<Change, OpsError> {
+pub(crate) async fn pause(pool: &PgPool, sdkappid: u64, who: &str, reason: Option<&str>) -> Result<Change, OpsError> {
     let app = app_key(sdkappid)?;
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
@@ -65,7 +65,7 @@ pub async fn pause(pool: &PgPool, sdkappid: u64, who: &str, reason: Option<&str>
 }
 
 /// Lifts the pause of `sdkappid`, recording who did it.
-pub async fn resume(pool: &PgPool, sdkappid: u64, who: &str) -> Result<Change, OpsError> {
+pub(crate) async fn resume(pool: &PgPool, sdkappid: u64, who: &str) -> Result<Change, OpsError> {
     let app = app_key(sdkappid)?;
     let mut tx = pool.begin().await?;
     let deleted =
@@ -75,7 +75,7 @@ pub async fn resume(pool: &PgPool, sdkappid: u64, who: &str) -> Result<Change, O
     Ok(if deleted > 0 { Change::Done } else { Change::AlreadyThere })
 }
 
-pub async fn pauses(pool: &PgPool) -> Result<Vec<Pause>, OpsError> {
+pub(crate) async fn pauses(pool: &PgPool) -> Result<Vec<Pause>, OpsError> {
     Ok(sqlx::query_as("SELECT sdkappid, paused_at, paused_by, reason FROM app_pauses ORDER BY sdkappid")
         .fetch_all(pool)
         .await?)
@@ -99,7 +99,7 @@ async fn record_in(
 }
 
 /// Records an action done outside a transaction of ours (a replay, a discard).
-pub async fn record(
+pub(crate) async fn record(
     pool: &PgPool,
     who: &str,
     action: &str,
@@ -111,7 +111,7 @@ pub async fn record(
 }
 
 /// The newest actions first, `limit` of them.
-pub async fn recent_actions(pool: &PgPool, limit: i64) -> Result<Vec<Action>, OpsError> {
+pub(crate) async fn recent_actions(pool: &PgPool, limit: i64) -> Result<Vec<Action>, OpsError> {
     Ok(sqlx::query_as(
         "SELECT id, at, who, action, filter, affected FROM console_actions ORDER BY at DESC, id DESC LIMIT $1",
     )

@@ -56,7 +56,7 @@ SELECT count(*), max(at) FROM gone
 "#;
 
 #[derive(Debug, Clone)]
-pub struct PruneOptions {
+pub(crate) struct PruneOptions {
     /// Rows older than this go.
     pub cutoff: DateTime<Utc>,
     /// Rows per statement: the longest lock is one batch's.
@@ -67,7 +67,7 @@ pub struct PruneOptions {
 
 /// What a run removed, and what it cost.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct PruneReport {
+pub(crate) struct PruneReport {
     pub cutoff: Option<DateTime<Utc>>,
     pub jobs_deleted: u64,
     pub calls_deleted: u64,
@@ -96,7 +96,7 @@ impl std::fmt::Display for PruneReport {
 
 /// Deletes terminal job rows and call rows older than the cutoff, batch by
 /// batch, until a batch comes back short.
-pub async fn prune(pool: &PgPool, options: &PruneOptions) -> Result<PruneReport, OpsError> {
+pub(crate) async fn prune(pool: &PgPool, options: &PruneOptions) -> Result<PruneReport, OpsError> {
     if options.batch_size < 1 {
         return Err(OpsError::Input("--batch-size must be at least 1".into()));
     }

@@ -31,7 +31,7 @@ pub enum Source {
 /// Which failed jobs to replay. Time bounds apply to the row's `received_at`
 /// (when the job first reached a worker), as in `tagsweep jobs`.
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     pub error_code: Option<i32>,
     pub account: Option<String>,
     pub since: Option<DateTime<Utc>>,
@@ -42,7 +42,7 @@ pub struct Filter {
 }
 
 #[derive(Debug, Clone)]
-pub struct ReplayOptions {
+pub(crate) struct ReplayOptions {
     pub source: Source,
     pub filter: Filter,
     pub dry_run: bool,
@@ -50,7 +50,7 @@ pub struct ReplayOptions {
 
 /// One job that was (or, dry, would be) replayed.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Replayed {
+pub(crate) struct Replayed {
     pub job_id: String,
     pub account: Option<String>,
     pub error_code: Option<i32>,
@@ -58,7 +58,7 @@ pub struct Replayed {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct ReplayReport {
+pub(crate) struct ReplayReport {
     pub replayed: Vec<Replayed>,
     /// Dead letters looked at and left in place (no match, or not replayable).
     pub left: u64,
@@ -125,7 +125,7 @@ async fn publish_confirmed(
     }
 }
 
-pub async fn replay(
+pub(crate) async fn replay(
     connection: &Connection,
     pool: &PgPool,
     topology: &Topology,

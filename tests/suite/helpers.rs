@@ -24,15 +24,15 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use secrecy::SecretString;
 use sqlx::{Connection as _, PgConnection, PgPool};
-use tagsweep::api::ClientSettings;
+use tagsweep::ClientSettings;
 use tagsweep::config::{Config, Credential, RetryPolicy, Topology, defaults};
 use tagsweep::sim::{Running, SimConfig, Simulator};
 use tagsweep::worker::{self, Summary, WorkerError};
 use tokio::sync::{OnceCell, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio_util::sync::CancellationToken;
 
-pub const SDKAPPID: u64 = 1400000000;
-pub const SECRET_KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
+pub(crate) const SDKAPPID: u64 = 1400000000;
+pub(crate) const SECRET_KEY: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
 
 struct Services {
     amqp_url: String,
@@ -57,7 +57,7 @@ enum Turn {
 
 /// The machine to itself, for a story that does not need a [`TestEnv`]
 /// (one that only runs the binary). Blocks; call it outside a runtime.
-pub fn machine_alone() -> RwLockWriteGuard<'static, ()> {
+pub(crate) fn machine_alone() -> RwLockWriteGuard<'static, ()> {
     MACHINE.blocking_write()
 }
 
@@ -114,7 +114,7 @@ async fn containers(amqp: Option<String>, database: Option<String>) -> Services 
 }
 
 /// A test's own corner of the services, plus a simulator.
-pub struct TestEnv {
+pub(crate) struct TestEnv {
     pub amqp_url: String,
     pub admin_database_url: String,
     pub database_url: String,
@@ -128,19 +128,19 @@ pub struct TestEnv {
 }
 
 /// A worker running inside the test.
-pub struct WorkerHandle {
+pub(crate) struct WorkerHandle {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<Summary, WorkerError>>,
 }
 
 impl WorkerHandle {
     /// Asks it to stop (as SIGTERM does) and waits for it.
-    pub async fn stop(self) -> Result<Summary, WorkerError> {
+    pub(crate) async fn stop(self) -> Result<Summary, WorkerError> {
         self.stop.cancel();
         self.join().await
     }
 
-    pub async fn join(self) -> Result<Summary, WorkerError> {
+    pub(crate) async fn join(self) -> Result<Summary, WorkerError> {
         tokio::time::timeout(Duration::from_secs(60), self.task)
             .await
             .expect("the worker stops within a minute")
@@ -149,17 +149,17 @@ impl WorkerHandle {
 }
 
 impl TestEnv {
-    pub async fn new() -> TestEnv {
+    pub(crate) async fn new() -> TestEnv {
         TestEnv::with_sim(|_| {}).await
     }
 
-    pub async fn with_sim(adjust: impl FnOnce(&mut SimConfig)) -> TestEnv {
+    pub(crate) async fn with_sim(adjust: impl FnOnce(&mut SimConfig)) -> TestEnv {
         TestEnv::start(Turn::Shared(MACHINE.read().await), adjust).await
     }
 
     /// Like [`TestEnv::with_sim`], once no other story is running: for
     /// stories whose figures (calls/s used, peaks) a neighbour would skew.
-    pub async fn alone(adjust: impl FnOnce(&mut SimConfig)) -> TestEnv {
+    pub(crate) async fn alone(adjust: impl FnOnce(&mut SimConfig)) -> TestEnv {
         TestEnv::start(Turn::Alone(MACHINE.write().await), adjust).await
     }
 
@@ -173,7 +173,7 @@ impl TestEnv {
             .execute(&mut admin)
             .await
             .expect("create the test database");
-        let database_url = tagsweep::ops::with_database(&services.database_url, &database);
+        let database_url = tagsweep::with_database(&services.database_url, &database);
         let pool = PgPool::connect(&database_url).await.expect("connect to the test database");
 
         let topology = Topology {
@@ -211,13 +211,13 @@ impl TestEnv {
         }
     }
 
-    pub fn simulator(&self) -> &Simulator {
+    pub(crate) fn simulator(&self) -> &Simulator {
         &self.sim.simulator
     }
 
     /// A worker configuration pointed at this test's names, with retries
     /// shortened so failure stories finish in seconds.
-    pub fn config(&self) -> Config {
+    pub(crate) fn config(&self) -> Config {
         let defaults =
             Config::new(self.sim.base_url(), SDKAPPID, Credential::SecretKey(SecretString::from(SECRET_KEY)));
         Config {
@@ -238,7 +238,7 @@ impl TestEnv {
         }
     }
 
-    pub fn spawn_worker(&self, config: Config) -> WorkerHandle {
+    pub(crate) fn spawn_worker(&self, config: Config) -> WorkerHandle {
         let stop = CancellationToken::new();
         let shutdown = stop.clone().cancelled_owned();
         let task = tokio::spawn(worker::run(config, shutdown));
@@ -247,7 +247,7 @@ impl TestEnv {
 
     /// The real `tagsweep` binary with this test's services, names and
     /// simulator in its environment (and nothing else); add the subcommand.
-    pub fn tagsweep_process(&self) -> tokio::process::Command {
+    pub(crate) fn tagsweep_process(&self) -> tokio::process::Command {
         let topology = &self.topology;
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagsweep"));
         command
@@ -266,7 +266,7 @@ impl TestEnv {
     }
 
     /// Publishes bodies to the jobs exchange and waits for every confirm.
-    pub async fn publish(&self, messages: impl IntoIterator<Item = (Vec<u8>, BasicProperties)>) {
+    pub(crate) async fn publish(&self, messages: impl IntoIterator<Item = (Vec<u8>, BasicProperties)>) {
         let mut confirms = Vec::new();
         for (body, properties) in messages {
             let confirm = self
@@ -287,12 +287,12 @@ impl TestEnv {
         }
     }
 
-    pub async fn publish_jobs(&self, jobs: &[serde_json::Value]) {
+    pub(crate) async fn publish_jobs(&self, jobs: &[serde_json::Value]) {
         self.publish(jobs.iter().map(|job| (job.to_string().into_bytes(), BasicProperties::default()))).await;
     }
 
     /// Messages ready in a queue.
-    pub async fn depth(&self, queue: &str) -> u32 {
+    pub(crate) async fn depth(&self, queue: &str) -> u32 {
         let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
         let channel = self.connection.create_channel().await.expect("channel");
         let depth = channel.queue_declare(queue.into(), passive, FieldTable::default()).await.expect("queue exists");
@@ -301,7 +301,7 @@ impl TestEnv {
     }
 
     /// Takes every message off the dead-letter queue.
-    pub async fn dead_letters(&self) -> Vec<lapin::message::Delivery> {
+    pub(crate) async fn dead_letters(&self) -> Vec<lapin::message::Delivery> {
         let mut out = Vec::new();
         while let Some(message) = self
             .channel
@@ -316,7 +316,7 @@ impl TestEnv {
         out
     }
 
-    pub async fn count_rows(&self, status: &str) -> i64 {
+    pub(crate) async fn count_rows(&self, status: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM tag_removal_jobs WHERE status = $1")
             .bind(status)
             .fetch_one(&self.pool)
@@ -324,12 +324,12 @@ impl TestEnv {
             .unwrap_or(0)
     }
 
-    pub async fn total_rows(&self) -> i64 {
+    pub(crate) async fn total_rows(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM tag_removal_jobs").fetch_one(&self.pool).await.unwrap_or(0)
     }
 
     /// Polls until `n` rows exist, or panics after `timeout`.
-    pub async fn wait_for_rows(&self, n: i64, timeout: Duration) {
+    pub(crate) async fn wait_for_rows(&self, n: i64, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let rows = self.total_rows().await;
@@ -342,7 +342,7 @@ impl TestEnv {
     }
 
     /// Opens a fresh broker connection (after a broker restart).
-    pub async fn reconnect(&mut self) {
+    pub(crate) async fn reconnect(&mut self) {
         self.connection = tagsweep::queue::connect(&SecretString::from(self.amqp_url.clone()), "tagsweep tests")
             .await
             .expect("RabbitMQ connection");
@@ -351,7 +351,7 @@ impl TestEnv {
     }
 
     /// Deletes this test's queues, exchanges and database.
-    pub async fn cleanup(self) {
+    pub(crate) async fn cleanup(self) {
         tagsweep::queue::delete(&self.channel, &self.topology).await;
         let _ = self.connection.close(200, "done".into()).await;
         self.pool.close().await;
@@ -363,12 +363,12 @@ impl TestEnv {
 }
 
 /// A job body in the contract's format.
-pub fn job(id: &str, account: &str, tags: &[&str]) -> serde_json::Value {
+pub(crate) fn job(id: &str, account: &str, tags: &[&str]) -> serde_json::Value {
     serde_json::json!({"job_id": id, "account": account, "tags": tags})
 }
 
 /// Drains a consumer stream without blocking forever; used by stories that
 /// watch a queue directly.
-pub async fn next_within<S: futures_util::Stream + Unpin>(stream: &mut S, timeout: Duration) -> Option<S::Item> {
+pub(crate) async fn next_within<S: futures_util::Stream + Unpin>(stream: &mut S, timeout: Duration) -> Option<S::Item> {
     tokio::time::timeout(timeout, stream.next()).await.ok().flatten()
 }

@@ -8,7 +8,7 @@ use crate::helpers::{TestEnv, job};
 use lapin::BasicProperties;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use tagsweep::batch::BatchSize;
+use tagsweep::BatchSize;
 
 /// 2,000 jobs for 1,500 users: some users have several jobs, one job in
 /// twenty carries more than ten tags. Every tag is unique per user, so

@@ -9,9 +9,9 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, Uri};
 use axum::routing::any;
 use secrecy::SecretString;
-use tagsweep::api::{ApiClient, ClientSettings};
-use tagsweep::batch::{Entry, PartId};
 use tagsweep::usersig::{self, Signer};
+use tagsweep::{ApiClient, ClientSettings};
+use tagsweep::{Entry, PartId};
 
 #[derive(Debug, Clone)]
 struct Seen {

@@ -20,7 +20,7 @@ fn find_binary(names: &[&str]) -> Option<String> {
     })
 }
 
-pub struct Browser {
+pub(super) struct Browser {
     client: reqwest::Client,
     base: String,
     _driver: tokio::process::Child,
@@ -29,7 +29,7 @@ pub struct Browser {
 
 impl Browser {
     /// Starts chromedriver and a headless Chromium, or panics saying what to install.
-    pub async fn start() -> Browser {
+    pub(super) async fn start() -> Browser {
         let driver = find_binary(&["chromedriver"]).unwrap_or_else(|| panic!("chromedriver not found: {INSTALL}"));
         let chromium = find_binary(&["chromium", "chromium-browser", "google-chrome"])
             .unwrap_or_else(|| panic!("chromium not found: {INSTALL}"));
@@ -97,7 +97,7 @@ impl Browser {
         answer["value"].clone()
     }
 
-    pub async fn goto(&self, url: &str) {
+    pub(super) async fn goto(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
     }
 
@@ -107,19 +107,19 @@ impl Browser {
         found[ELEMENT].as_str().unwrap_or_else(|| panic!("no element {css}")).to_owned()
     }
 
-    pub async fn click(&self, css: &str) {
+    pub(super) async fn click(&self, css: &str) {
         let id = self.element(css).await;
         self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await;
     }
 
     /// Replaces the field's value with `text`.
-    pub async fn fill(&self, css: &str, text: &str) {
+    pub(super) async fn fill(&self, css: &str, text: &str) {
         let id = self.element(css).await;
         self.call(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({}))).await;
         self.call(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({"text": text}))).await;
     }
 
-    pub async fn text(&self, css: &str) -> String {
+    pub(super) async fn text(&self, css: &str) -> String {
         let id = self.element(css).await;
         self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
             .await
@@ -130,7 +130,7 @@ impl Browser {
 
     /// Waits until the element's text holds `needle` (the old page may
     /// still be showing right after a click), then returns that text.
-    pub async fn wait_for_text(&self, css: &str, needle: &str) -> String {
+    pub(super) async fn wait_for_text(&self, css: &str, needle: &str) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let answer = self
@@ -161,17 +161,17 @@ impl Browser {
         }
     }
 
-    pub async fn enabled(&self, css: &str) -> bool {
+    pub(super) async fn enabled(&self, css: &str) -> bool {
         let id = self.element(css).await;
         self.call(reqwest::Method::GET, &format!("/element/{id}/enabled"), None).await.as_bool().unwrap_or(false)
     }
 
-    pub async fn source(&self) -> String {
+    pub(super) async fn source(&self) -> String {
         self.call(reqwest::Method::GET, "/source", None).await.as_str().unwrap_or_default().to_owned()
     }
 
     /// Saves a PNG of the window to `dir/name.png` when `dir` is given.
-    pub async fn screenshot(&self, dir: Option<&Path>, name: &str) {
+    pub(super) async fn screenshot(&self, dir: Option<&Path>, name: &str) {
         use base64::Engine as _;
         let Some(dir) = dir else { return };
         let data = self.call(reqwest::Method::GET, "/screenshot", None).await;
@@ -180,7 +180,7 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
-    pub async fn quit(self) {
+    pub(super) async fn quit(self) {
         let _ = self.client.delete(&self.base).send().await;
     }
 }

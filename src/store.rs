@@ -59,6 +59,8 @@ pub struct JobRow {
     pub received_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub last_call_id: Option<Uuid>,
+    /// Every call that carried the job (the console's "calls that carried it").
+    pub call_ids: Vec<Uuid>,
 }
 
 /// Who a pool is for: the planner settings differ.
@@ -103,12 +105,13 @@ WITH calls AS (
 )
 INSERT INTO tag_removal_jobs
     (job_id, account, tags, status, attempts, error_code, error_info, received_at, finished_at, last_call_id,
-     sdkappid)
+     sdkappid, call_ids)
 SELECT j.job_id, j.account, ARRAY(SELECT jsonb_array_elements_text(j.tags)), j.status, j.attempts,
-       j.error_code, j.error_info, j.received_at, j.finished_at, j.last_call_id, $3
+       j.error_code, j.error_info, j.received_at, j.finished_at, j.last_call_id, $3,
+       ARRAY(SELECT jsonb_array_elements_text(j.call_ids)::uuid)
 FROM jsonb_to_recordset($2::jsonb) AS j(
     job_id text, account text, tags jsonb, status text, attempts int, error_code int,
-    error_info text, received_at timestamptz, finished_at timestamptz, last_call_id uuid)
+    error_info text, received_at timestamptz, finished_at timestamptz, last_call_id uuid, call_ids jsonb)
 ON CONFLICT (job_id) DO UPDATE SET
     account      = EXCLUDED.account,
     tags         = EXCLUDED.tags,
@@ -119,7 +122,9 @@ ON CONFLICT (job_id) DO UPDATE SET
     received_at  = LEAST(tag_removal_jobs.received_at, EXCLUDED.received_at),
     finished_at  = EXCLUDED.finished_at,
     last_call_id = EXCLUDED.last_call_id,
-    sdkappid     = EXCLUDED.sdkappid
+    sdkappid     = EXCLUDED.sdkappid,
+    -- A replayed job keeps the calls of its first life too.
+    call_ids     = tag_removal_jobs.call_ids || EXCLUDED.call_ids
 -- A terminal row is final: a job sent twice keeps its first outcome.
 WHERE tag_removal_jobs.status NOT IN ('succeeded', 'dead_lettered')
 "#;

@@ -227,11 +227,11 @@ pub async fn job(State(console): State<Shared>, headers: HeaderMap, Path(job_id)
         }
         Err(error) => return failed("read the job", error),
     };
-    let call = match story.last_call_id {
-        Some(id) => queries::call(pool, id).await.unwrap_or_default(),
-        None => None,
+    let calls = match queries::calls(pool, &story).await {
+        Ok(calls) => calls,
+        Err(error) => return failed("read the calls that carried the job", error),
     };
-    let body = super::story::render(&story, call.as_ref());
+    let body = super::story::render(&story, &calls);
     layout::render(Page::Jobs, &format!("Job {}", story.record.job_id), console.sessions.of(&headers).as_ref(), body)
         .into_response()
 }

@@ -189,6 +189,9 @@ pub struct JobStory {
     #[serde(flatten)]
     pub record: crate::ops::audit::JobRecord,
     pub last_call_id: Option<Uuid>,
+    /// Every call that carried the job, both lives (empty for rows written
+    /// before the column existed: then `last_call_id` is all there is).
+    pub call_ids: Vec<Uuid>,
     pub replayed_at: Option<DateTime<Utc>>,
     pub previous_error_code: Option<i32>,
     pub previous_error_info: Option<String>,
@@ -198,7 +201,7 @@ pub struct JobStory {
 pub async fn job(pool: &PgPool, job_id: &str) -> Result<Option<JobStory>, sqlx::Error> {
     sqlx::query_as(
         "SELECT job_id, account, tags, status, attempts, error_code, error_info, received_at, finished_at,
-                last_call_id, replay_count, replayed_at, previous_error_code, previous_error_info, sdkappid
+                last_call_id, call_ids, replay_count, replayed_at, previous_error_code, previous_error_info, sdkappid
          FROM tag_removal_jobs WHERE job_id = $1",
     )
     .bind(job_id)
@@ -219,14 +222,17 @@ pub struct Call {
     pub outcome: String,
 }
 
-/// The call that carried the job last (the call log keeps no job ids, so
-/// the row's `last_call_id` is the link).
-pub async fn call(pool: &PgPool, call_id: Uuid) -> Result<Option<Call>, sqlx::Error> {
+/// The calls that carried a job, oldest first: its `call_ids`, or its
+/// `last_call_id` alone for a row written before `call_ids` existed. A
+/// primary-key lookup per id.
+pub async fn calls(pool: &PgPool, story: &JobStory) -> Result<Vec<Call>, sqlx::Error> {
+    let ids: Vec<Uuid> =
+        if story.call_ids.is_empty() { story.last_call_id.into_iter().collect() } else { story.call_ids.clone() };
     sqlx::query_as(
         "SELECT call_id, started_at, latency_ms, entries, attempt, http_status, error_code, error_info, outcome
-         FROM api_calls WHERE call_id = $1",
+         FROM api_calls WHERE call_id = ANY($1) ORDER BY started_at, call_id",
     )
-    .bind(call_id)
-    .fetch_optional(pool)
+    .bind(ids)
+    .fetch_all(pool)
     .await
 }

@@ -1,12 +1,12 @@
-//! One job's story: what it asked, how each of its lives ended, and the
-//! API call that carried it last.
+//! One job's story: what it asked, how each of its lives ended, and every
+//! API call that carried it (retries, halvings, parts, both lives).
 
 use maud::{Markup, html};
 
 use super::layout::{maybe, maybe_time, time};
 use super::queries::{Call, JobStory};
 
-pub fn render(story: &JobStory, call: Option<&Call>) -> Markup {
+pub fn render(story: &JobStory, calls: &[Call]) -> Markup {
     let job = &story.record;
     html! {
         table #job {
@@ -35,15 +35,18 @@ pub fn render(story: &JobStory, call: Option<&Call>) -> Markup {
                 td { (maybe(job.error_info.as_deref())) }
             }
         }
-        h2 { "The call that carried it last" }
-        @match call {
-            None => p.muted { "No call recorded (an invalid job is never sent, and a replay in flight has no call yet)." },
-            Some(call) => table #calls {
+        h2 { "The calls that carried it" }
+        @if calls.is_empty() {
+            p.muted { "No call recorded (an invalid job is never sent, and a replay in flight has no call yet)." }
+        } @else {
+            table #calls {
                 tr { th { "call id" } th { "started" } th.num { "latency ms" } th.num { "entries" } th.num { "try" } th { "HTTP" } th { "ErrorCode" } th { "outcome" } th { "info" } }
-                tr {
-                    td { code { (call.call_id) } } td { (time(call.started_at)) } td.num { (call.latency_ms) }
-                    td.num { (call.entries) } td.num { (call.attempt) } td { (maybe(call.http_status)) }
-                    td { (maybe(call.error_code)) } td { (call.outcome) } td { (maybe(call.error_info.as_deref())) }
+                @for call in calls {
+                    tr {
+                        td { code { (call.call_id) } } td { (time(call.started_at)) } td.num { (call.latency_ms) }
+                        td.num { (call.entries) } td.num { (call.attempt) } td { (maybe(call.http_status)) }
+                        td { (maybe(call.error_code)) } td { (call.outcome) } td { (maybe(call.error_info.as_deref())) }
+                    }
                 }
             }
         }

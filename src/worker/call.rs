@@ -46,9 +46,8 @@ pub(super) enum PartResult {
 #[derive(Debug)]
 pub(super) struct PartReport {
     pub(super) part: PartId,
-    /// Calls that carried this part.
-    pub(super) carried: u32,
-    pub(super) last_call: Option<Uuid>,
+    /// Every call that carried this part, in order (retries and halvings).
+    pub(super) calls: Vec<Uuid>,
     pub(super) result: PartResult,
 }
 
@@ -65,8 +64,8 @@ enum Attempt {
     Stopped,
 }
 
-/// Calls that carried each part so far, and the last of them.
-type Carried = HashMap<PartId, (u32, Option<Uuid>)>;
+/// The calls that carried each part so far.
+type Carried = HashMap<PartId, Vec<Uuid>>;
 
 /// Sends one batch until every part has an outcome: retries the retryable,
 /// re-signs once on a stale signature, and halves the batch on a permanent
@@ -108,8 +107,8 @@ pub(super) async fn run_batch(ctx: &CallContext, batch: Batch, slot: Option<Inst
     report.parts = outcomes
         .into_iter()
         .map(|(part, result)| {
-            let (carried, last_call) = carried.get(&part).copied().unwrap_or_default();
-            PartReport { part, carried, last_call, result }
+            let calls = carried.remove(&part).unwrap_or_default();
+            PartReport { part, calls, result }
         })
         .collect();
     report
@@ -142,9 +141,7 @@ async fn call_with_retry(
         record_call_metrics(&report, batch.len(), attempt);
         calls.push(call_row(call_id, &report, batch.len(), attempt));
         for entry in batch.entries() {
-            let count = carried.entry(entry.part).or_default();
-            count.0 += 1;
-            count.1 = Some(call_id);
+            carried.entry(entry.part).or_default().push(call_id);
         }
         let error = match report.outcome {
             Ok(()) => return Ok(()),

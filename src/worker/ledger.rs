@@ -122,10 +122,7 @@ impl Ledger {
             let Some(held) = self.jobs.get_mut(&part.part.job) else {
                 continue;
             };
-            held.attempts += part.carried;
-            if part.last_call.is_some() {
-                held.last_call = part.last_call;
-            }
+            held.calls.extend(part.calls);
             match part.result {
                 PartResult::Removed => {}
                 PartResult::Failed(failure) => held.failed.push((part.part.index, failure)),

@@ -35,8 +35,8 @@ pub(super) struct Held {
     pub(super) failed: Vec<(u16, Failure)>,
     /// Some part went back unsent: the job is not finished by this worker.
     pub(super) returned: bool,
-    pub(super) attempts: u32,
-    pub(super) last_call: Option<Uuid>,
+    /// Every API call that carried a part of this job, in order.
+    pub(super) calls: Vec<Uuid>,
     /// Set for an invalid job: dead-lettered without a call.
     invalid: Option<String>,
 }
@@ -70,8 +70,7 @@ impl Held {
             parts_left: parts,
             failed: Vec::new(),
             returned: false,
-            attempts: 0,
-            last_call: None,
+            calls: Vec::new(),
             invalid,
         }
     }
@@ -92,7 +91,8 @@ impl Held {
                 (store::DEAD_LETTERED, Some(failure.error_code), Some(info))
             }
         };
-        let attempts = i32::try_from(self.attempts).unwrap_or(i32::MAX);
+        // CONTRACT §2: `attempts` counts the calls that carried any part.
+        let attempts = i32::try_from(self.calls.len()).unwrap_or(i32::MAX);
         let letter = (status == store::DEAD_LETTERED).then(|| DeadLetter {
             job_id: self.job_id.clone(),
             routing_key: self.original.routing_key.clone(),
@@ -114,7 +114,8 @@ impl Held {
             error_info,
             received_at: self.received_at,
             finished_at,
-            last_call_id: self.last_call,
+            last_call_id: self.calls.last().copied(),
+            call_ids: self.calls,
         };
         Outcome { row, letter, delivery_tags }
     }
@@ -149,7 +150,7 @@ mod tests {
     fn a_job_with_no_failed_part_becomes_a_success_row_and_no_letter() {
         let mut job = held(3, None);
         job.copies.push(9);
-        job.attempts = 2;
+        job.calls = vec![Uuid::now_v7(), Uuid::now_v7()];
         let outcome = job.into_outcome(Utc::now());
         assert_eq!(outcome.row.status, store::SUCCEEDED);
         assert_eq!(outcome.row.attempts, 2);

@@ -49,6 +49,16 @@ async fn transient_answers_are_retried_until_they_succeed() {
             ("success".into(), Some(200), None),
         ]
     );
+    // The row names every call that carried the job, in order: the
+    // console's job story reads them from here.
+    let linked: Vec<String> = sqlx::query_scalar(
+        "SELECT c.outcome FROM tag_removal_jobs j, unnest(j.call_ids) WITH ORDINALITY AS k(id, n)
+         JOIN api_calls c ON c.call_id = k.id WHERE j.job_id = 'flaky' ORDER BY k.n",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(linked, ["transient", "transient", "transient", "success"]);
     assert!(env.simulator().tags_of("u1").is_empty());
     env.cleanup().await;
 }

@@ -20,7 +20,10 @@ fn job(id: &str, tags: usize) -> Job {
 }
 
 fn report(entries: &[Entry], result: PartResult) -> Vec<PartReport> {
-    entries.iter().map(|e| PartReport { part: e.part, carried: 1, last_call: None, result: result.clone() }).collect()
+    entries
+        .iter()
+        .map(|e| PartReport { part: e.part, calls: vec![uuid::Uuid::now_v7()], result: result.clone() })
+        .collect()
 }
 
 #[test]

@@ -88,13 +88,22 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        match self.try_call(method, path, body).await {
+            Ok(value) => value,
+            Err(error) => panic!("WebDriver {path}: {error}"),
+        }
+    }
+
+    async fn try_call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, Value> {
         let mut request = self.client.request(method, format!("{}{path}", self.base));
         if let Some(body) = body {
             request = request.json(&body);
         }
         let answer: Value = request.send().await.expect("chromedriver answers").json().await.expect("JSON");
-        assert!(answer["value"].get("error").is_none(), "WebDriver {path}: {}", answer["value"]);
-        answer["value"].clone()
+        match answer["value"].get("error") {
+            None => Ok(answer["value"].clone()),
+            Some(_) => Err(answer["value"].clone()),
+        }
     }
 
     pub(super) async fn goto(&self, url: &str) {
@@ -119,13 +128,21 @@ impl Browser {
         self.call(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({"text": text}))).await;
     }
 
+    /// The element's text. Right after a click the old page may still be
+    /// showing: an element found there goes stale when the new page
+    /// arrives, and is then looked up again on the new one.
     pub(super) async fn text(&self, css: &str) -> String {
-        let id = self.element(css).await;
-        self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        for _ in 0..50 {
+            let id = self.element(css).await;
+            match self.try_call(reqwest::Method::GET, &format!("/element/{id}/text"), None).await {
+                Ok(text) => return text.as_str().unwrap_or_default().to_owned(),
+                Err(error) if error["error"] == "stale element reference" => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("WebDriver text of {css}: {error}"),
+            }
+        }
+        panic!("{css} kept going stale for 5 s");
     }
 
     /// Waits until the element's text holds `needle` (the old page may

@@ -74,6 +74,13 @@ impl CallError {
             70016 | 70020 => "the SDKAppID does not live in this region: check --region/TAGSWEEP_REGION",
             70001 | 70052 => "the UserSig is expired or invalidated: renew --usersig or give --secret-key",
             404 | 405 => "the API base URL is wrong: check --api-base-url/--region",
+            401 | 403 => {
+                "the request was refused as unauthorised: check the SDKAppID, the secret key or UserSig, the identifier, the region, and any proxy's credentials"
+            }
+            407 => "a proxy between tagsweep and Tencent wants authentication: check HTTPS_PROXY and its credentials",
+            400..=499 => {
+                "every request was refused before Tencent judged it (a proxy, gateway or filter): check --api-base-url/--region and the network path"
+            }
             70002..=70014 | 70050 | 70051 | 70398 | 70403 | 72001 => {
                 "the UserSig was refused: check --secret-key (or --usersig), --sdkappid and --identifier"
             }
@@ -103,8 +110,12 @@ pub(super) fn classify_http_status(status: u16, body_excerpt: &str) -> CallError
     let failure = Failure { error_code: i32::from(status), error_info: format!("HTTP {status}: {body_excerpt}") };
     match status {
         429 => CallError::RateLimited(failure),
-        401 | 403 | 404 | 405 => CallError::Credential(failure),
         500..=599 | 408 => CallError::Transient(failure),
+        // Tencent answers a job's fault with HTTP 200 and an ErrorCode; a
+        // 4xx comes from the URL, the credentials or something in between
+        // (a proxy's 407, a filter's 451). No job causes it, so bisecting
+        // would only dead-letter good jobs: stop and say what to fix.
+        400..=499 => CallError::Credential(failure),
         _ => CallError::Permanent(failure),
     }
 }
@@ -183,6 +194,9 @@ mod tests {
         assert_eq!(classify_http_status(503, "").class(), "transient");
         assert_eq!(classify_http_status(504, "").class(), "transient");
         assert_eq!(classify_http_status(429, "").class(), "rate_limited");
+        for status in [400, 401, 403, 404, 407, 413, 451] {
+            assert_eq!(classify_http_status(status, "").class(), "credential", "{status} is no job's fault");
+        }
         assert_eq!(classify_http_status(404, "").class(), "credential");
         assert_eq!(classify_http_status(502, "").failure().error_code, 502);
     }

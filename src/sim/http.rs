@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::faults::{Faults, HTTP_502};
+use super::faults::Faults;
 use super::judge::{Call, Verdict};
 use super::rules;
 use super::stats::{SeenCall, Stats};
@@ -49,9 +49,17 @@ async fn tag_call(sim: Simulator, call: Call, query: HashMap<String, String>, bo
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    if verdict.code == HTTP_502 {
-        let page = "<html><head><title>502 Bad Gateway</title></head><body>502 Bad Gateway</body></html>";
-        return (StatusCode::BAD_GATEWAY, page).into_response();
+    // A fault code that is an HTTP status answers as a proxy or gateway
+    // would: that status and an HTML page, not the API's JSON.
+    if (400..600).contains(&verdict.code)
+        && let Ok(status) = StatusCode::from_u16(verdict.code as u16)
+    {
+        let reason = status.canonical_reason().unwrap_or("error");
+        let page = format!(
+            "<html><head><title>{} {reason}</title></head><body>{} {reason}</body></html>",
+            verdict.code, verdict.code
+        );
+        return (status, page).into_response();
     }
     Json(answer_with_failures(&verdict)).into_response()
 }

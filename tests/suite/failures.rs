@@ -211,6 +211,10 @@ async fn credential_answers_stop_the_worker_and_keep_every_job() {
     credential_stop(90009, "--identifier").await;
     credential_stop(70016, "--region").await;
     credential_stop(70003, "--secret-key").await;
+    // Statuses no job can cause: a proxy's, a gateway's, a filter's.
+    credential_stop(407, "HTTPS_PROXY").await;
+    credential_stop(400, "proxy, gateway or filter").await;
+    credential_stop(451, "proxy, gateway or filter").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,6 +131,22 @@ struct Answer {
     error_info: String,
 }
 
+/// The most of a server's text kept as `error_info` (and so in the row and
+/// the `x-tagsweep-error-info` header); the API's own texts are far shorter.
+pub(crate) const MAX_ERROR_INFO_BYTES: usize = 1000;
+
+/// `text` cut to [`MAX_ERROR_INFO_BYTES`] at a character boundary, marked.
+pub(crate) fn bounded(text: &str) -> String {
+    if text.len() <= MAX_ERROR_INFO_BYTES {
+        return text.to_owned();
+    }
+    let mut cut = MAX_ERROR_INFO_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..cut], text.len())
+}
+
 /// Turns an HTTP 200 body into an outcome.
 pub(super) fn interpret(body: &[u8]) -> Result<(), CallError> {
     match serde_json::from_slice::<Answer>(body) {
@@ -143,7 +159,7 @@ pub(super) fn interpret(body: &[u8]) -> Result<(), CallError> {
             error_code: i32::try_from(answer.error_code).unwrap_or(i32::MAX),
             // Whatever the server says ends up in a row: PostgreSQL's text
             // cannot hold U+0000.
-            error_info: crate::job::escape_nul(&answer.error_info),
+            error_info: bounded(&crate::job::escape_nul(&answer.error_info)),
         })),
         // A proxy's error page or a truncated answer: the request may not
         // have reached Tencent at all, so it is worth another try.
@@ -211,5 +227,9 @@ mod tests {
         let err = interpret(br#"{"ActionStatus":"FAIL","ErrorInfo":"no\u0000such","ErrorCode":70107}"#).unwrap_err();
         assert_eq!(err.failure().error_info, r"no\u0000such");
         assert!(!interpret(b"\0\0 not json").unwrap_err().failure().error_info.contains('\0'));
+        // A server's text is kept to a size a header and a row can carry.
+        let long = format!(r#"{{"ActionStatus":"FAIL","ErrorInfo":"{}","ErrorCode":70107}}"#, "é".repeat(5000));
+        let info = interpret(long.as_bytes()).unwrap_err().failure().error_info.clone();
+        assert!(info.len() < MAX_ERROR_INFO_BYTES + 30 && info.ends_with("(10000 bytes)"), "{}", info.len());
     }
 }

@@ -169,17 +169,40 @@ impl ApiClient {
             }
             Ok(response) => {
                 let status = response.status().as_u16();
-                let bytes = response.bytes().await;
-                let outcome = match bytes {
+                let outcome = match read_capped(response).await {
                     Err(e) => Err(CallError::Transient(network_failure(e))),
-                    Ok(bytes) if status == 200 => interpret(&bytes),
-                    Ok(bytes) => Err(classify_http_status(status, &excerpt(&bytes))),
+                    Ok(None) => Err(CallError::Transient(Failure {
+                        error_code: i32::from(status),
+                        error_info: format!("HTTP {status} with an answer over {MAX_ANSWER_BYTES} bytes (not the API's)"),
+                    })),
+                    Ok(Some(bytes)) if status == 200 => interpret(&bytes),
+                    Ok(Some(bytes)) => Err(classify_http_status(status, &excerpt(&bytes))),
                 };
                 (Some(status), outcome)
             }
         };
         CallReport { started_at, latency: clock.elapsed(), http_status, outcome }
     }
+}
+
+/// The most of an answer the client reads. The API's answers are a few
+/// hundred bytes; a larger one is a proxy's or an attacker's page, and
+/// reading it whole would let one answer take the worker's memory.
+pub(crate) const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The body, or None when it is over [`MAX_ANSWER_BYTES`] (read no further).
+async fn read_capped(mut response: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if response.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// Describes a network failure without its URL (it carries the UserSig).

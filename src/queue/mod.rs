@@ -242,7 +242,50 @@ fn with_failure_headers(letter: &DeadLetter) -> BasicProperties {
     headers.insert(HEADER_ERROR_CODE.into(), AMQPValue::LongInt(letter.error_code));
     headers.insert(HEADER_ERROR_INFO.into(), AMQPValue::LongString(letter.error_info.as_str().into()));
     headers.insert(HEADER_ATTEMPTS.into(), AMQPValue::LongInt(letter.attempts));
-    letter.properties.clone().with_headers(headers)
+    without_expiration(&letter.properties).with_headers(headers)
+}
+
+/// The properties less `expiration`: a producer's per-message TTL would
+/// otherwise let the letter vanish from the dead-letter queue, unread.
+fn without_expiration(original: &BasicProperties) -> BasicProperties {
+    let mut kept = BasicProperties::default();
+    if let Some(v) = original.content_type() {
+        kept = kept.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        kept = kept.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.delivery_mode() {
+        kept = kept.with_delivery_mode(*v);
+    }
+    if let Some(v) = original.priority() {
+        kept = kept.with_priority(*v);
+    }
+    if let Some(v) = original.correlation_id() {
+        kept = kept.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.reply_to() {
+        kept = kept.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        kept = kept.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        kept = kept.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        kept = kept.with_type(v.clone());
+    }
+    if let Some(v) = original.user_id() {
+        kept = kept.with_user_id(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        kept = kept.with_app_id(v.clone());
+    }
+    if let Some(v) = original.cluster_id() {
+        kept = kept.with_cluster_id(v.clone());
+    }
+    kept
 }
 
 /// Reads a string header (LongString or ShortString).
@@ -267,5 +310,36 @@ pub fn header_int(properties: &BasicProperties, name: &str) -> Option<i64> {
         AMQPValue::LongUInt(v) => Some(i64::from(*v)),
         AMQPValue::LongLongInt(v) => Some(*v),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_keeps_the_properties_but_not_the_producers_ttl() {
+        let properties = BasicProperties::default()
+            .with_expiration("60000".into())
+            .with_message_id("m-1".into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_app_id("shop".into());
+        let letter = DeadLetter {
+            job_id: "j1".into(),
+            routing_key: "remove".into(),
+            body: Vec::new(),
+            properties,
+            error_code: 70107,
+            error_info: "no such user".into(),
+            attempts: 1,
+        };
+        let sent = with_failure_headers(&letter);
+        assert_eq!(sent.expiration(), &None, "the letter must not expire in tagsweep.dead");
+        assert_eq!(sent.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
+        assert_eq!(sent.content_type().as_ref().map(|m| m.as_str()), Some("application/json"));
+        assert_eq!(sent.delivery_mode(), &Some(2));
+        assert_eq!(sent.app_id().as_ref().map(|m| m.as_str()), Some("shop"));
+        assert_eq!(header_int(&sent, HEADER_ERROR_CODE), Some(70107));
     }
 }

@@ -107,3 +107,30 @@ async fn errors_never_show_the_usersig() {
         assert!(!text.contains("usersig="), "leaked the query: {text}");
     }
 }
+
+/// An answer far larger than any of the API's (a proxy's page, or worse)
+/// is read only up to a cap, whether or not it declares its length.
+#[tokio::test]
+async fn an_oversized_answer_is_not_read_whole() {
+    let huge = || async { "x".repeat(8 * 1024 * 1024) };
+    let streamed = || async {
+        let chunks = (0..128).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b' '; 64 * 1024])));
+        axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+    };
+    let app = axum::Router::new()
+        .route("/declared/v4/all_member_push/im_remove_tag", any(huge))
+        .route("/streamed/v4/all_member_push/im_remove_tag", any(streamed));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    for base in ["declared", "streamed"] {
+        let signer = Signer::Fixed(SecretString::from("sig"));
+        let settings = ClientSettings::new(format!("http://{addr}/{base}"), 1, "admin");
+        let client = ApiClient::new(&settings, Arc::new(signer)).unwrap();
+        let report = client.remove_tags(&[entry(1, "u1", &["a"])]).await;
+        let error = report.outcome.expect_err(base);
+        assert_eq!(error.class(), "transient", "{base}: worth another try, like any non-API answer");
+        assert!(error.failure().error_info.contains("over 65536 bytes"), "{base}: {}", error.failure().error_info);
+    }
+}

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::api::{ClientSettings, Region};
 use crate::batch::{BatchSize, MAX_BATCH_SIZE};
@@ -41,6 +41,35 @@ pub enum ConfigError {
     EmptyIdentifier,
     #[error("{0} must not be empty")]
     EmptyName(&'static str),
+    #[error(
+        "give the secret key once: --secret-key (TAGSWEEP_SECRET_KEY) or --secret-key-file (TAGSWEEP_SECRET_KEY_FILE), not both"
+    )]
+    TwoSecretKeys,
+    #[error("--secret-key-file {path}: {cause}. Fix: point it at a readable file holding the app's secret key")]
+    SecretKeyFile { path: String, cause: String },
+}
+
+fn secret(text: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(text.to_owned()))
+}
+
+/// The secret key from the flag, or read from its file.
+fn secret_key(flag: Option<SecretString>, file: Option<&std::path::Path>) -> Result<Option<SecretString>, ConfigError> {
+    let flag = flag.filter(|key| !key.expose_secret().trim().is_empty());
+    let Some(path) = file else {
+        return Ok(flag);
+    };
+    if flag.is_some() {
+        return Err(ConfigError::TwoSecretKeys);
+    }
+    let failed = |cause: String| ConfigError::SecretKeyFile { path: path.display().to_string(), cause };
+    // The error names the path and the cause, never what the file holds.
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(failed("the file is empty".into()));
+    }
+    Ok(Some(SecretString::from(key.to_owned())))
 }
 
 /// Names of the exchanges and queues (CONTRACT §3).
@@ -151,10 +180,16 @@ pub struct RunArgs {
     /// App admin account the calls are made as.
     #[arg(long, env = "TAGSWEEP_IDENTIFIER", default_value = defaults::IDENTIFIER)]
     pub identifier: String,
-    #[arg(long, env = "TAGSWEEP_SECRET_KEY", hide_env_values = true)]
-    pub secret_key: Option<String>,
-    #[arg(long, env = "TAGSWEEP_USERSIG", hide_env_values = true)]
-    pub usersig: Option<String>,
+    /// Held as a secret from the moment it is parsed: `Debug` of these
+    /// flags (a panic, a log line) never prints it.
+    #[arg(long, env = "TAGSWEEP_SECRET_KEY", hide_env_values = true, value_parser = secret)]
+    pub secret_key: Option<SecretString>,
+    /// A file holding the secret key (the Docker and Kubernetes secrets
+    /// convention); surrounding whitespace and the final newline are ignored.
+    #[arg(long, env = "TAGSWEEP_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<std::path::PathBuf>,
+    #[arg(long, env = "TAGSWEEP_USERSIG", hide_env_values = true, value_parser = secret)]
+    pub usersig: Option<SecretString>,
 
     #[arg(long, env = "TAGSWEEP_MAX_CALLS_PER_SECOND", default_value_t = defaults::MAX_CALLS_PER_SECOND)]
     pub max_calls_per_second: u32,
@@ -249,9 +284,11 @@ impl RunArgs {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let sdkappid = self.sdkappid.ok_or(ConfigError::MissingSdkAppId)?;
         let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
-        let credential = match (non_empty(self.secret_key), non_empty(self.usersig)) {
-            (Some(key), _) => Credential::SecretKey(SecretString::from(key)),
-            (None, Some(sig)) => Credential::UserSig(SecretString::from(sig)),
+        let key = secret_key(self.secret_key, self.secret_key_file.as_deref())?;
+        let usersig = self.usersig.filter(|sig| !sig.expose_secret().trim().is_empty());
+        let credential = match (key, usersig) {
+            (Some(key), _) => Credential::SecretKey(key),
+            (None, Some(sig)) => Credential::UserSig(sig),
             (None, None) => return Err(ConfigError::MissingCredential),
         };
         let region = match non_empty(self.region) {
@@ -259,7 +296,13 @@ impl RunArgs {
             None => None,
         };
         let (base_url, backup) = match (non_empty(self.api_base_url), region) {
-            (Some(url), _) => (check_base_url(&url)?, None),
+            (Some(url), Some(region)) => {
+                // CONTRACT §6: the base URL overrides the region. Said out
+                // loud, since one of the two settings is then ignored.
+                tracing::warn!("--api-base-url {url} overrides --region {}: calls go to the base URL", region.name());
+                (check_base_url(&url)?, None)
+            }
+            (Some(url), None) => (check_base_url(&url)?, None),
             (None, Some(region)) => (region.base_url(), Some(format!("https://{}", region.backup_domain()))),
             (None, None) => return Err(ConfigError::MissingEndpoint),
         };
@@ -361,5 +404,37 @@ mod tests {
         assert_eq!(config.api.backup_url, None);
         assert!(matches!(config.credential, Credential::UserSig(_)));
         assert!(!format!("{config:?}").contains("\"s\""), "Debug must not print the UserSig");
+    }
+
+    #[test]
+    fn the_secret_key_can_come_from_a_file_and_never_shows_in_debug() {
+        if std::env::vars().any(|(k, _)| k.starts_with("TAGSWEEP_")) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "file-held-key\n").unwrap();
+        let path = file.to_str().unwrap();
+        let config = parse(&["--sdkappid", "1", "--region", "china", "--secret-key-file", path]).unwrap();
+        match &config.credential {
+            Credential::SecretKey(key) => {
+                assert_eq!(key.expose_secret(), "file-held-key", "the newline is not the key's")
+            }
+            Credential::UserSig(_) => panic!("a secret key was given"),
+        }
+
+        let both = parse(&["--sdkappid", "1", "--region", "china", "--secret-key", "k", "--secret-key-file", path]);
+        assert_eq!(both.unwrap_err(), ConfigError::TwoSecretKeys);
+        let missing = dir.path().join("nope");
+        let err = parse(&["--sdkappid", "1", "--region", "china", "--secret-key-file", missing.to_str().unwrap()])
+            .unwrap_err();
+        assert!(matches!(&err, ConfigError::SecretKeyFile { path, .. } if path.ends_with("nope")), "{err}");
+        std::fs::write(&file, " \n").unwrap();
+        let err = parse(&["--sdkappid", "1", "--region", "china", "--secret-key-file", path]).unwrap_err();
+        assert!(err.to_string().contains("empty") && err.to_string().contains("Fix:"), "{err}");
+
+        let flags = Cli::try_parse_from(["tagsweep", "--secret-key", "plain-key", "--usersig", "plain-sig"]).unwrap();
+        let shown = format!("{:?}", flags.run);
+        assert!(!shown.contains("plain-key") && !shown.contains("plain-sig"), "Debug shows a secret: {shown}");
     }
 }

@@ -173,7 +173,9 @@ impl ApiClient {
                     Err(e) => Err(CallError::Transient(network_failure(e))),
                     Ok(None) => Err(CallError::Transient(Failure {
                         error_code: i32::from(status),
-                        error_info: format!("HTTP {status} with an answer over {MAX_ANSWER_BYTES} bytes (not the API's)"),
+                        error_info: format!(
+                            "HTTP {status} with an answer over {MAX_ANSWER_BYTES} bytes (not the API's)"
+                        ),
                     })),
                     Ok(Some(bytes)) if status == 200 => interpret(&bytes),
                     Ok(Some(bytes)) => Err(classify_http_status(status, &excerpt(&bytes))),

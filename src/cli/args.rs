@@ -135,18 +135,22 @@ pub struct PruneArgs {
     pub json: bool,
 }
 
+/// The RabbitMQ and PostgreSQL servers a self-contained command (demo,
+/// bench) makes its own names and database on.
 #[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
+pub struct ServerArgs {
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: String,
-    /// The PostgreSQL server; the bench creates its own database `tagsweep_bench` there.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = DEFAULT_DATABASE_URL,
-        hide_env_values = true
-    )]
+    /// The PostgreSQL server (its own database is created there).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
     pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The bench creates its own names and database (`tagsweep_bench`) there.
+    #[command(flatten)]
+    pub servers: ServerArgs,
     #[arg(long, default_value_t = 200_000)]
     pub jobs: u64,
     #[arg(long, default_value_t = 50)]
@@ -167,16 +171,9 @@ pub struct BenchArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
-    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
-    pub amqp_url: String,
-    /// The PostgreSQL server; the demo creates its own database `tagsweep_demo` there.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = DEFAULT_DATABASE_URL,
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    /// The demo creates its own names and database (`tagsweep_demo`) there.
+    #[command(flatten)]
+    pub servers: ServerArgs,
     #[arg(long, default_value_t = 20_000)]
     pub jobs: u64,
 }

@@ -98,8 +98,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Enqueue(args) => finish(enqueue(args).await),
         Command::Bench(args) => finish(
             ops::bench::run(ops::bench::BenchOptions {
-                amqp_url: args.amqp_url.into(),
-                database_url: args.database_url.into(),
+                amqp_url: args.servers.amqp_url.into(),
+                database_url: args.servers.database_url.into(),
                 jobs: args.jobs,
                 latency: Duration::from_millis(args.latency_ms),
                 jitter: Duration::from_millis(args.jitter_ms),
@@ -137,8 +137,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Jobs(args) => finish(jobs(args).await),
         Command::Demo(args) => finish(
             ops::demo::run(ops::demo::DemoOptions {
-                amqp_url: args.amqp_url.into(),
-                database_url: args.database_url.into(),
+                amqp_url: args.servers.amqp_url.into(),
+                database_url: args.servers.database_url.into(),
                 jobs: args.jobs,
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             })

@@ -39,13 +39,8 @@ pub struct EnqueueArgs {
 pub struct ReplayArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = DEFAULT_DATABASE_URL,
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// Where the failed jobs are taken from.
     #[arg(long, value_enum, default_value_t = ops::replay::Source::Queue)]
     pub from: ops::replay::Source,

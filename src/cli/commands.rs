@@ -42,7 +42,7 @@ pub(super) async fn enqueue(args: EnqueueArgs) -> Result<String, OpsError> {
 
 pub(super) async fn replay(args: ReplayArgs) -> Result<String, OpsError> {
     let topology = args.broker.topology().map_err(|e| OpsError::Input(e.to_string()))?;
-    let store = crate::store::Store::connect(&args.database_url.clone().into(), 2).await?;
+    let store = args.database.connect().await?;
     store.migrate().await?;
     let connection = crate::queue::connect(&args.broker.amqp_url.clone().into(), "tagsweep replay").await?;
     let options = ops::replay::ReplayOptions {

@@ -177,6 +177,9 @@ pub struct RunArgs {
     pub api_backup_url: Option<String>,
     #[arg(long, env = "TAGSWEEP_SDKAPPID")]
     pub sdkappid: Option<u64>,
+    /// Which tag API: all_member_push (im_remove_tag) or timpush (the Push plugin's remove_tag).
+    #[arg(long, env = "TAGSWEEP_API", value_enum, default_value_t = crate::api::ApiFamily::AllMemberPush)]
+    pub api: crate::api::ApiFamily,
     /// App admin account the calls are made as.
     #[arg(long, env = "TAGSWEEP_IDENTIFIER", default_value = defaults::IDENTIFIER)]
     pub identifier: String,
@@ -328,6 +331,7 @@ impl RunArgs {
                 sdkappid,
                 identifier: self.identifier,
                 request_timeout: ms(self.request_timeout_ms.max(1)),
+                family: self.api,
             },
             credential,
             topology: self.broker.topology()?,

@@ -39,7 +39,7 @@ mod telemetry;
 pub mod usersig;
 pub mod worker;
 
-pub use api::{ApiClient, CallError, CallReport, ClientSettings, Failure, Region};
+pub use api::{ApiClient, ApiFamily, CallError, CallReport, ClientSettings, Failure, Region};
 pub use batch::{BatchSize, Entry, PartId};
 pub use connect::ConnectError;
 pub use ops::{OpsError, with_database};

@@ -50,6 +50,8 @@ pub struct ClientSettings {
     pub sdkappid: u64,
     pub identifier: String,
     pub request_timeout: Duration,
+    /// Which tag API the app uses (CONTRACT §8).
+    pub family: super::ApiFamily,
 }
 
 impl ClientSettings {
@@ -62,6 +64,7 @@ impl ClientSettings {
             sdkappid,
             identifier: identifier.into(),
             request_timeout: Duration::from_secs(10),
+            family: super::ApiFamily::default(),
         }
     }
 }

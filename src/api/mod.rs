@@ -13,10 +13,12 @@
 
 mod answer;
 mod client;
+mod family;
 mod region;
 
 pub use answer::{CallError, Failure};
 pub use client::{ApiClient, CallReport, ClientSettings};
+pub use family::ApiFamily;
 pub use region::Region;
 
 pub(crate) const REMOVE_TAG_PATH: &str = "/v4/all_member_push/im_remove_tag";

@@ -98,6 +98,7 @@ impl Config {
             api: ClientSettings {
                 failback_after: FAILBACK_AFTER,
                 request_timeout: ms(REQUEST_TIMEOUT_MS),
+                family: crate::api::ApiFamily::default(),
                 ..ClientSettings::new(api_base_url, sdkappid, IDENTIFIER)
             },
             credential,

@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::api::{ClientSettings, Region};
 use crate::batch::{BatchSize, MAX_BATCH_SIZE};
 
+pub mod apps;
 pub mod defaults;
 
 /// The broker and database of CONTRACT §6's defaults (a local install),
@@ -47,6 +48,12 @@ pub enum ConfigError {
     TwoSecretKeys,
     #[error("--secret-key-file {path}: {cause}. Fix: point it at a readable file holding the app's secret key")]
     SecretKeyFile { path: String, cause: String },
+    #[error("--apps-file {path}{at}: {problem}")]
+    AppsFile { path: String, at: String, problem: String },
+    #[error(
+        "--apps-file and {0} together: the apps file describes every app. Fix: drop {0} (or its TAGSWEEP_ variable), or the apps file"
+    )]
+    AppsFileAndFlag(&'static str),
 }
 
 fn secret(text: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -72,7 +79,9 @@ fn secret_key(flag: Option<SecretString>, file: Option<&std::path::Path>) -> Res
     Ok(Some(SecretString::from(key.to_owned())))
 }
 
-/// Names of the exchanges and queues (CONTRACT §3).
+/// Names of the exchanges and queues (CONTRACT §3). With an apps file,
+/// `queue` and `routing_key` are the stems of each app's own names
+/// ([`Topology::for_app`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     pub exchange: String,
@@ -81,6 +90,40 @@ pub struct Topology {
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
     pub queue_type: QueueType,
+}
+
+impl Topology {
+    /// App `sdkappid`'s own names (CONTRACT §7): `<queue>.<sdkappid>` bound
+    /// with `<routing-key>.<sdkappid>`; the exchanges are shared.
+    pub fn for_app(&self, sdkappid: u64) -> Topology {
+        Topology {
+            queue: format!("{}.{sdkappid}", self.queue),
+            routing_key: format!("{}.{sdkappid}", self.routing_key),
+            ..self.clone()
+        }
+    }
+}
+
+/// Where a job is published, given its app (enqueue, replay, the console).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routing {
+    /// No apps file: every job goes to the plain routing key.
+    Single,
+    /// The apps file's SDKAppIDs, each with its own routing key.
+    PerApp(Vec<u64>),
+}
+
+impl Routing {
+    /// The topology a job of `app` is published with; `Err` names why it
+    /// has nowhere to go (an app the apps file does not list).
+    pub fn topology_for(&self, topology: &Topology, app: Option<u64>) -> Result<Topology, String> {
+        match (self, app) {
+            (Routing::Single, _) => Ok(topology.clone()),
+            (Routing::PerApp(apps), Some(app)) if apps.contains(&app) => Ok(topology.for_app(app)),
+            (Routing::PerApp(_), Some(app)) => Err(format!("app {app} is not in the apps file")),
+            (Routing::PerApp(_), None) => Err("the job's app is not known".into()),
+        }
+    }
 }
 
 /// The jobs queue's type. Quorum (the default) is replicated and carries
@@ -99,6 +142,70 @@ pub enum Credential {
     SecretKey(SecretString),
     /// A UserSig made elsewhere; it cannot be renewed.
     UserSig(SecretString),
+}
+
+/// Which queue an app's jobs arrive on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppQueue {
+    /// The single app of the flags: `--queue` bound with `--routing-key`,
+    /// unchanged from before apps files existed.
+    Plain,
+    /// An apps file's app: `<queue>.<sdkappid>` with `<routing-key>.<sdkappid>`.
+    Own,
+}
+
+/// One app the worker serves: its endpoint and identity, its credential,
+/// its own call budget and its own queue.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The SDKAppID is `api.sdkappid`.
+    pub api: ClientSettings,
+    pub credential: Credential,
+    pub max_calls_per_second: u32,
+    pub queue: AppQueue,
+}
+
+impl AppConfig {
+    pub fn sdkappid(&self) -> u64 {
+        self.api.sdkappid
+    }
+}
+
+/// The API endpoint of one app: from its region, or a base URL that
+/// overrides it (CONTRACT §6).
+pub(crate) struct Endpoint {
+    pub base_url: String,
+    pub backup_url: Option<String>,
+}
+
+impl Endpoint {
+    pub(crate) fn resolve(
+        region: Option<String>,
+        base_url: Option<String>,
+        backup_url: Option<String>,
+    ) -> Result<Endpoint, ConfigError> {
+        let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+        let region = match non_empty(region) {
+            Some(name) => Some(name.parse::<Region>().map_err(ConfigError::UnknownRegion)?),
+            None => None,
+        };
+        let (base_url, backup) = match (non_empty(base_url), region) {
+            (Some(url), Some(region)) => {
+                // CONTRACT §6: the base URL overrides the region. Said out
+                // loud, since one of the two settings is then ignored.
+                tracing::warn!("--api-base-url {url} overrides --region {}: calls go to the base URL", region.name());
+                (check_base_url(&url)?, None)
+            }
+            (Some(url), None) => (check_base_url(&url)?, None),
+            (None, Some(region)) => (region.base_url(), Some(format!("https://{}", region.backup_domain()))),
+            (None, None) => return Err(ConfigError::MissingEndpoint),
+        };
+        let backup_url = match non_empty(backup_url) {
+            Some(url) => Some(check_base_url(&url)?),
+            None => backup,
+        };
+        Ok(Endpoint { base_url, backup_url })
+    }
 }
 
 /// The exponential retry policy for transient and rate-limited answers.
@@ -129,10 +236,10 @@ impl RetryPolicy {
 pub struct Config {
     pub amqp_url: SecretString,
     pub database_url: SecretString,
-    pub api: ClientSettings,
-    pub credential: Credential,
+    /// Every app this worker serves, at least one: the flags' single app
+    /// ([`AppQueue::Plain`]), or the apps file's.
+    pub apps: Vec<AppConfig>,
     pub topology: Topology,
-    pub max_calls_per_second: u32,
     /// Added to the one-second window, against network jitter.
     pub pacing_margin: Duration,
     pub batch_size: BatchSize,
@@ -251,9 +358,22 @@ pub struct BrokerArgs {
     /// quorum (replicated, with the delivery limit) or classic; must match an existing queue.
     #[arg(long, env = "TAGSWEEP_QUEUE_TYPE", value_enum, default_value_t = defaults::QUEUE_TYPE)]
     pub queue_type: QueueType,
+    /// Several apps in one worker (CONTRACT §7): a TOML file of `[[app]]`
+    /// tables; each app's jobs have their own queue and routing key.
+    #[arg(long, env = "TAGSWEEP_APPS_FILE")]
+    pub apps_file: Option<std::path::PathBuf>,
 }
 
 impl BrokerArgs {
+    /// How jobs reach each app's queue: per app with an apps file (read
+    /// for its SDKAppIDs only; no credential is needed to route).
+    pub fn routing(&self) -> Result<Routing, ConfigError> {
+        match &self.apps_file {
+            Some(path) => Ok(Routing::PerApp(apps::read(path)?.iter().map(|app| app.sdkappid).collect())),
+            None => Ok(Routing::Single),
+        }
+    }
+
     pub fn topology(&self) -> Result<Topology, ConfigError> {
         let topology = Topology {
             exchange: self.exchange.clone(),
@@ -283,59 +403,72 @@ fn check_base_url(url: &str) -> Result<String, ConfigError> {
     if ok { Ok(trimmed.to_owned()) } else { Err(ConfigError::BadBaseUrl(url.to_owned())) }
 }
 
+impl Config {
+    /// The names `app`'s jobs arrive under.
+    pub fn app_topology(&self, app: &AppConfig) -> Topology {
+        match app.queue {
+            AppQueue::Plain => self.topology.clone(),
+            AppQueue::Own => self.topology.for_app(app.sdkappid()),
+        }
+    }
+}
+
 impl RunArgs {
-    pub fn into_config(self) -> Result<Config, ConfigError> {
+    /// The flags' one app, or the apps file's.
+    fn apps(&mut self) -> Result<Vec<AppConfig>, ConfigError> {
+        let request_timeout = Duration::from_millis(self.request_timeout_ms.max(1));
+        if let Some(path) = self.broker.apps_file.clone() {
+            let given =
+                |set: bool, flag: &'static str| if set { Err(ConfigError::AppsFileAndFlag(flag)) } else { Ok(()) };
+            given(self.sdkappid.is_some(), "--sdkappid")?;
+            given(self.region.is_some(), "--region")?;
+            given(self.api_base_url.is_some(), "--api-base-url")?;
+            given(self.api_backup_url.is_some(), "--api-backup-url")?;
+            given(self.secret_key.is_some() || self.secret_key_file.is_some(), "--secret-key")?;
+            given(self.usersig.is_some(), "--usersig")?;
+            let entries = apps::read(&path)?;
+            return apps::resolve(&path, entries, &apps::Shared { request_timeout });
+        }
         let sdkappid = self.sdkappid.ok_or(ConfigError::MissingSdkAppId)?;
-        let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
-        let key = secret_key(self.secret_key, self.secret_key_file.as_deref())?;
-        let usersig = self.usersig.filter(|sig| !sig.expose_secret().trim().is_empty());
+        let key = secret_key(self.secret_key.take(), self.secret_key_file.as_deref())?;
+        let usersig = self.usersig.take().filter(|sig| !sig.expose_secret().trim().is_empty());
         let credential = match (key, usersig) {
             (Some(key), _) => Credential::SecretKey(key),
             (None, Some(sig)) => Credential::UserSig(sig),
             (None, None) => return Err(ConfigError::MissingCredential),
         };
-        let region = match non_empty(self.region) {
-            Some(name) => Some(name.parse::<Region>().map_err(ConfigError::UnknownRegion)?),
-            None => None,
-        };
-        let (base_url, backup) = match (non_empty(self.api_base_url), region) {
-            (Some(url), Some(region)) => {
-                // CONTRACT §6: the base URL overrides the region. Said out
-                // loud, since one of the two settings is then ignored.
-                tracing::warn!("--api-base-url {url} overrides --region {}: calls go to the base URL", region.name());
-                (check_base_url(&url)?, None)
-            }
-            (Some(url), None) => (check_base_url(&url)?, None),
-            (None, Some(region)) => (region.base_url(), Some(format!("https://{}", region.backup_domain()))),
-            (None, None) => return Err(ConfigError::MissingEndpoint),
-        };
-        let api_backup_url = match non_empty(self.api_backup_url) {
-            Some(url) => Some(check_base_url(&url)?),
-            None => backup,
-        };
-        let batch_size = BatchSize::new(self.batch_size).ok_or(ConfigError::BadBatchSize(self.batch_size))?;
+        let endpoint = Endpoint::resolve(self.region.take(), self.api_base_url.take(), self.api_backup_url.take())?;
         if self.max_calls_per_second == 0 {
             return Err(ConfigError::ZeroRate);
         }
         if self.identifier.trim().is_empty() {
             return Err(ConfigError::EmptyIdentifier);
         }
+        Ok(vec![AppConfig {
+            api: ClientSettings {
+                base_url: endpoint.base_url,
+                backup_url: endpoint.backup_url,
+                failback_after: defaults::FAILBACK_AFTER,
+                sdkappid,
+                identifier: self.identifier.clone(),
+                request_timeout,
+                family: self.api,
+            },
+            credential,
+            max_calls_per_second: self.max_calls_per_second,
+            queue: AppQueue::Plain,
+        }])
+    }
+
+    pub fn into_config(mut self) -> Result<Config, ConfigError> {
+        let apps = self.apps()?;
+        let batch_size = BatchSize::new(self.batch_size).ok_or(ConfigError::BadBatchSize(self.batch_size))?;
         let ms = Duration::from_millis;
         Ok(Config {
             amqp_url: SecretString::from(self.broker.amqp_url.clone()),
             database_url: SecretString::from(self.database_url),
-            api: ClientSettings {
-                base_url,
-                backup_url: api_backup_url,
-                failback_after: defaults::FAILBACK_AFTER,
-                sdkappid,
-                identifier: self.identifier,
-                request_timeout: ms(self.request_timeout_ms.max(1)),
-                family: self.api,
-            },
-            credential,
+            apps,
             topology: self.broker.topology()?,
-            max_calls_per_second: self.max_calls_per_second,
             pacing_margin: ms(self.pacing_margin_ms),
             batch_size,
             batch_linger: ms(self.batch_linger_ms),

@@ -208,9 +208,41 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// A job whose body names an app (`"sdkappid": N`, CONTRACT §7) other
+/// than its queue's is invalid: it was published to the wrong app. Kept
+/// apart from [`parse`] so the common body, which names no app, costs one
+/// substring search and no second parse.
+pub(crate) fn check_app(parsed: Result<Job, InvalidJob>, body: &[u8], app: u64) -> Result<Job, InvalidJob> {
+    let Ok(job) = parsed else { return parsed };
+    if !body.windows(SDKAPPID_KEY.len()).any(|w| w == SDKAPPID_KEY) {
+        return Ok(job);
+    }
+    let named = match serde_json::from_slice::<Value>(body).ok().as_ref().and_then(|v| v.get("sdkappid")) {
+        None | Some(Value::Null) => return Ok(job),
+        Some(Value::Number(n)) if n.as_u64() == Some(app) => return Ok(job),
+        Some(Value::Number(n)) => format!("sdkappid {n} is not this queue's app ({app})"),
+        Some(other) => format!("sdkappid must be a number, not {}", kind(other)),
+    };
+    Err(InvalidJob { id: job.id, id_source: job.id_source, account: Some(job.account), tags: job.tags, reason: named })
+}
+
+const SDKAPPID_KEY: &[u8] = b"\"sdkappid\"";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_naming_another_app_is_invalid() {
+        let check = |body: &str| check_app(parse(body.as_bytes(), None), body.as_bytes(), 1400000001);
+        assert!(check(r#"{"job_id": "j", "account": "u", "tags": ["a"]}"#).is_ok());
+        assert!(check(r#"{"job_id": "j", "account": "u", "tags": ["a"], "sdkappid": 1400000001}"#).is_ok());
+        let wrong = check(r#"{"job_id": "j", "account": "u", "tags": ["a"], "sdkappid": 1400000002}"#).unwrap_err();
+        assert_eq!((wrong.id.as_str(), wrong.account.as_deref()), ("j", Some("u")));
+        assert_eq!(wrong.reason, "sdkappid 1400000002 is not this queue's app (1400000001)");
+        let text = check(r#"{"job_id": "j", "account": "u", "tags": ["a"], "sdkappid": "1400000001"}"#);
+        assert!(text.unwrap_err().reason.contains("must be a number"));
+    }
 
     fn ok(body: &str) -> Job {
         parse(body.as_bytes(), None).expect("valid")

@@ -192,6 +192,9 @@ pub(crate) mod names {
     pub(crate) const DB_STATEMENTS: &str = "tagsweep_db_statements_total";
     /// 1 while the app is paused fleet-wide (`tagsweep pause`), else 0.
     pub(crate) const APP_PAUSED: &str = "tagsweep_app_paused";
+    /// 1 once the app's consumer stopped because Tencent refused its
+    /// credentials (the other apps keep flowing), else 0; by `app`.
+    pub(crate) const APP_STOPPED: &str = "tagsweep_app_stopped";
 }
 
 static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
@@ -243,6 +246,10 @@ fn describe() {
     );
     describe_histogram!(names::PERSIST_ROWS, metrics::Unit::Count, "Job rows recorded by one statement");
     describe_gauge!(names::APP_PAUSED, "1 while the app is paused fleet-wide (tagsweep pause), else 0");
+    describe_gauge!(
+        names::APP_STOPPED,
+        "1 once Tencent refused the app's credentials and its consumer stopped (its jobs stay queued), else 0"
+    );
     describe_counter!(names::DB_STATEMENTS, "Statements the worker sent to PostgreSQL (admission checks and writes)");
 }
 
@@ -256,7 +263,7 @@ fn register_zeros() {
     for counter in [names::RETRIES, names::DEAD_LETTERS, names::BROKER_ACKS, names::DB_STATEMENTS] {
         metrics::counter!(counter).absolute(0);
     }
-    for gauge in [names::CALLS_IN_FLIGHT, names::JOBS_IN_HAND, names::APP_PAUSED] {
+    for gauge in [names::CALLS_IN_FLIGHT, names::JOBS_IN_HAND] {
         metrics::gauge!(gauge).set(0.0);
     }
     for histogram in
@@ -266,13 +273,30 @@ fn register_zeros() {
     }
 }
 
+/// The per-app series at zero, once the worker knows its apps.
+pub(crate) fn register_app_zeros(app: u64) {
+    for gauge in [names::APP_PAUSED, names::APP_STOPPED] {
+        metrics::gauge!(gauge, "app" => app.to_string()).set(0.0);
+    }
+}
+
 /// What /readyz reports: ready only while both connections are up and
-/// the app is not paused (`tagsweep pause`).
+/// every app takes jobs: none paused (`tagsweep pause`), none stopped on a
+/// credential refusal.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     pub broker: std::sync::atomic::AtomicBool,
     pub database: std::sync::atomic::AtomicBool,
-    pub paused: std::sync::atomic::AtomicBool,
+    /// The apps not taking jobs, by SDKAppID.
+    idle: Mutex<std::collections::BTreeMap<u64, AppIdle>>,
+}
+
+/// Why an app takes no jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AppIdle {
+    Paused,
+    /// Tencent refused its credentials; only a restart takes its jobs again.
+    Stopped,
 }
 
 impl Health {
@@ -284,18 +308,48 @@ impl Health {
         self.database.store(up, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub(crate) fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+    fn idle(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, AppIdle>> {
+        self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn set_paused(&self, app: u64, paused: bool) {
+        let mut idle = self.idle();
+        match idle.get(&app) {
+            // A stopped app stays stopped whatever the pause table says.
+            Some(AppIdle::Stopped) => {}
+            _ if paused => {
+                idle.insert(app, AppIdle::Paused);
+            }
+            _ => {
+                idle.remove(&app);
+            }
+        }
+    }
+
+    pub(crate) fn set_stopped(&self, app: u64) {
+        self.idle().insert(app, AppIdle::Stopped);
     }
 
     pub(crate) fn ready(&self) -> bool {
         self.broker.load(std::sync::atomic::Ordering::Relaxed)
             && self.database.load(std::sync::atomic::Ordering::Relaxed)
-            && !self.is_paused()
+            && self.idle().is_empty()
     }
 
-    pub(crate) fn is_paused(&self) -> bool {
-        self.paused.load(std::sync::atomic::Ordering::Relaxed)
+    /// Why /readyz says no, for its body.
+    fn not_ready(&self) -> String {
+        let idle = self.idle();
+        if idle.is_empty() {
+            return "not connected to the broker and the database".into();
+        }
+        let apps: Vec<String> = idle
+            .iter()
+            .map(|(app, why)| match why {
+                AppIdle::Paused => format!("app {app} paused: `tagsweep resume --app {app}` lets it take jobs again"),
+                AppIdle::Stopped => format!("app {app} stopped: Tencent refused its credentials (see the log)"),
+            })
+            .collect();
+        apps.join("\n")
     }
 }
 
@@ -315,11 +369,9 @@ pub(crate) async fn serve(
             "/readyz",
             get(move || {
                 std::future::ready(if ready.ready() {
-                    (StatusCode::OK, "ready")
-                } else if ready.is_paused() {
-                    (StatusCode::SERVICE_UNAVAILABLE, "paused: `tagsweep resume` lets it take jobs again")
+                    (StatusCode::OK, "ready".to_owned())
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not connected to the broker and the database")
+                    (StatusCode::SERVICE_UNAVAILABLE, ready.not_ready())
                 })
             }),
         );

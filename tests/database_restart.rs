@@ -30,7 +30,7 @@ async fn a_database_restart_loses_nothing() {
     let bodies: Vec<_> = (0..total).map(|i| job(&format!("db-{i}"), &format!("u{i}"), &["a"])).collect();
     env.publish_jobs(&bodies).await;
     let mut config = env.config();
-    config.max_calls_per_second = 20;
+    config.apps[0].max_calls_per_second = 20;
     config.batch_size = tagsweep::BatchSize::new(20).unwrap();
     let worker = env.spawn_worker(config);
     env.wait_for_rows(100, Duration::from_secs(30)).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::{Config, Credential, QueueType, RetryPolicy, Topology};
+use super::{AppConfig, AppQueue, Config, Credential, QueueType, RetryPolicy, Topology};
 use crate::api::ClientSettings;
 use crate::batch::{BatchSize, MAX_BATCH_SIZE};
 
@@ -95,15 +95,8 @@ impl Config {
         Config {
             amqp_url: SecretString::from(AMQP_URL),
             database_url: SecretString::from(DATABASE_URL),
-            api: ClientSettings {
-                failback_after: FAILBACK_AFTER,
-                request_timeout: ms(REQUEST_TIMEOUT_MS),
-                family: crate::api::ApiFamily::default(),
-                ..ClientSettings::new(api_base_url, sdkappid, IDENTIFIER)
-            },
-            credential,
+            apps: vec![AppConfig::new(api_base_url, sdkappid, credential)],
             topology: Topology::default(),
-            max_calls_per_second: MAX_CALLS_PER_SECOND,
             pacing_margin: ms(PACING_MARGIN_MS),
             batch_size: BatchSize::new(BATCH_SIZE).expect("the default batch size is within the API's limit"),
             batch_linger: ms(BATCH_LINGER_MS),
@@ -115,6 +108,24 @@ impl Config {
             connect_timeout: ms(CONNECT_TIMEOUT_MS),
             metrics_addr: None,
             fleet_pacing: false,
+        }
+    }
+}
+
+impl AppConfig {
+    /// One app as `tagsweep run` would build it from these settings and no
+    /// other flag, on the plain queue; [`AppQueue::Own`] for an apps file's.
+    pub fn new(api_base_url: impl Into<String>, sdkappid: u64, credential: Credential) -> AppConfig {
+        AppConfig {
+            api: ClientSettings {
+                failback_after: FAILBACK_AFTER,
+                request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+                family: crate::api::ApiFamily::default(),
+                ..ClientSettings::new(api_base_url, sdkappid, IDENTIFIER)
+            },
+            credential,
+            max_calls_per_second: MAX_CALLS_PER_SECOND,
+            queue: AppQueue::Plain,
         }
     }
 }
@@ -138,16 +149,14 @@ mod tests {
         }
         let flags = crate::config::tests::parse(&["--sdkappid", "1", "--secret-key", "k", "--region", "china"])
             .expect("a valid config");
-        let built = Config::new(flags.api.base_url.clone(), 1, Credential::SecretKey(SecretString::from("k")));
+        let built = Config::new(flags.apps[0].api.base_url.clone(), 1, Credential::SecretKey(SecretString::from("k")));
 
         // Destructured without `..`: a new field will not compile until it is compared here too.
         let Config {
             amqp_url,
             database_url,
-            api,
-            credential: _,
+            apps,
             topology,
-            max_calls_per_second,
             pacing_margin,
             batch_size,
             batch_linger,
@@ -162,13 +171,18 @@ mod tests {
         } = built;
         assert_eq!(flags.amqp_url.expose_secret(), env_or("AMQP_URL", amqp_url.expose_secret()));
         assert_eq!(flags.database_url.expose_secret(), env_or("DATABASE_URL", database_url.expose_secret()));
-        let a = &flags.api;
+        let [flag_app] = flags.apps.as_slice() else { panic!("the flags make one app") };
+        let [app] = apps.as_slice() else { panic!("Config::new makes one app") };
+        let AppConfig { api, credential: _, max_calls_per_second, queue } = app;
+        let a = &flag_app.api;
         assert_eq!((&a.base_url, a.sdkappid, &a.identifier), (&api.base_url, api.sdkappid, &api.identifier));
         assert_eq!((a.request_timeout, a.failback_after), (api.request_timeout, api.failback_after));
+        assert_eq!(a.family, api.family);
         // Only a region adds a backup domain; Config::new is for one base URL.
         assert_eq!(api.backup_url, None);
         assert_eq!(flags.topology, topology);
-        assert_eq!(flags.max_calls_per_second, max_calls_per_second);
+        assert_eq!(flag_app.max_calls_per_second, *max_calls_per_second);
+        assert_eq!((flag_app.queue, *queue), (AppQueue::Plain, AppQueue::Plain));
         assert_eq!(flags.pacing_margin, pacing_margin);
         assert_eq!(flags.batch_size, batch_size);
         assert_eq!(flags.batch_linger, batch_linger);

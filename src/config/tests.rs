@@ -41,14 +41,14 @@ fn region_gives_both_domains_and_base_url_overrides() {
         return;
     }
     let config = parse(&["--sdkappid", "1", "--secret-key", "k", "--region", "tokyo"]).unwrap();
-    assert_eq!(config.api.base_url, "https://adminapijpn.im.qcloud.com");
-    assert_eq!(config.api.backup_url.as_deref(), Some("https://adminapijpn.my-imcloud.com"));
+    assert_eq!(config.apps[0].api.base_url, "https://adminapijpn.im.qcloud.com");
+    assert_eq!(config.apps[0].api.backup_url.as_deref(), Some("https://adminapijpn.my-imcloud.com"));
     let config =
         parse(&["--sdkappid", "1", "--usersig", "s", "--region", "tokyo", "--api-base-url", "http://127.0.0.1:9/"])
             .unwrap();
-    assert_eq!(config.api.base_url, "http://127.0.0.1:9");
-    assert_eq!(config.api.backup_url, None);
-    assert!(matches!(config.credential, Credential::UserSig(_)));
+    assert_eq!(config.apps[0].api.base_url, "http://127.0.0.1:9");
+    assert_eq!(config.apps[0].api.backup_url, None);
+    assert!(matches!(config.apps[0].credential, Credential::UserSig(_)));
     assert!(!format!("{config:?}").contains("\"s\""), "Debug must not print the UserSig");
 }
 
@@ -62,7 +62,7 @@ fn the_secret_key_can_come_from_a_file_and_never_shows_in_debug() {
     std::fs::write(&file, "file-held-key\n").unwrap();
     let path = file.to_str().unwrap();
     let config = parse(&["--sdkappid", "1", "--region", "china", "--secret-key-file", path]).unwrap();
-    match &config.credential {
+    match &config.apps[0].credential {
         Credential::SecretKey(key) => {
             assert_eq!(key.expose_secret(), "file-held-key", "the newline is not the key's")
         }

@@ -19,7 +19,7 @@ use sqlx::PgPool;
 
 use crate::api::{ApiClient, CallError};
 use crate::batch::{Entry, PartId};
-use crate::config::{Config, Credential};
+use crate::config::{AppConfig, Config, Credential, Topology};
 use crate::store::{Role, Store};
 use crate::usersig::Signer;
 
@@ -95,7 +95,9 @@ pub(crate) async fn run(config: &Config) -> Checklist {
     let mut list = Checklist::default();
     broker(config, &mut list.items).await;
     database(config, &mut list.items).await;
-    list.items.push(credentials(config).await);
+    for app in &config.apps {
+        list.items.push(credentials(config, app).await);
+    }
     list
 }
 
@@ -105,7 +107,10 @@ async fn broker(config: &Config, items: &mut Vec<Item>) {
         Err(error) => return items.push(Item::from_error(error.exit_code(), &error)),
     };
     items.push(Item::pass("RabbitMQ: connected"));
-    items.push(topology(&connection, config).await);
+    // Every app's queue (one with the flags, one per app with an apps file).
+    for app in &config.apps {
+        items.push(topology(&connection, &config.app_topology(app)).await);
+    }
     let _ = connection.close(200, "check done".into()).await;
 }
 
@@ -113,8 +118,7 @@ async fn broker(config: &Config, items: &mut Vec<Item>) {
 /// own channel: a missing one closes the channel), then declares them all
 /// as `tagsweep run` does at start-up, which proves the configure right and
 /// that an existing queue's arguments agree with the worker's.
-async fn topology(connection: &Connection, config: &Config) -> Item {
-    let t = &config.topology;
+async fn topology(connection: &Connection, t: &Topology) -> Item {
     // A missing object closes its channel, which lapin logs as an ERROR:
     // expected here, and reported below as a checklist line.
     let _quiet = crate::telemetry::QuietLapin::new();
@@ -275,16 +279,16 @@ async fn clock(pool: &PgPool) -> Item {
 /// One `im_remove_tag` call removing [`PROBE_TAG`] from [`PROBE_ACCOUNT`].
 /// Any answer but a credential refusal proves the credentials: an unknown
 /// account is refused only after the signature was accepted.
-async fn credentials(config: &Config) -> Item {
-    let signer = match &config.credential {
+async fn credentials(config: &Config, app: &AppConfig) -> Item {
+    let settings = &app.api;
+    let signer = match &app.credential {
         Credential::SecretKey(key) => {
-            Signer::from_key(key.clone(), config.api.sdkappid, config.api.identifier.clone(), config.usersig_validity)
+            Signer::from_key(key.clone(), settings.sdkappid, settings.identifier.clone(), config.usersig_validity)
         }
         Credential::UserSig(sig) => Signer::Fixed(sig.clone()),
     };
-    let app =
-        format!("Tencent: SDKAppID {} as {:?} at {}", config.api.sdkappid, config.api.identifier, config.api.base_url);
-    let api = match ApiClient::new(&config.api, Arc::new(signer)) {
+    let app = format!("Tencent: SDKAppID {} as {:?} at {}", settings.sdkappid, settings.identifier, settings.base_url);
+    let api = match ApiClient::new(settings, Arc::new(signer)) {
         Ok(api) => api,
         Err(error) => return Item::fail(2, format!("{app}: no HTTP client ({error})"), "check the TLS setup"),
     };

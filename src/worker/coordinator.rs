@@ -121,7 +121,7 @@ pub(super) async fn run(
         persisted_tx,
         started.calls.stop.clone(),
         health.clone(),
-        config.api.sdkappid,
+        started.sdkappid,
     );
     let coordinator = Coordinator {
         lifecycle: Lifecycle::Running,
@@ -133,8 +133,8 @@ pub(super) async fn run(
         consumer: Some(consumer.ready_chunks(INTAKE_CHUNK)),
         consumer_tag: started.consumer_tag.clone(),
         intake: Intake::Consuming,
-        queue: config.topology.queue.clone(),
-        sdkappid: config.api.sdkappid,
+        queue: started.queue.clone(),
+        sdkappid: started.sdkappid,
         pauses: pauses_tx,
         store: started.store.clone(),
         calls: started.calls.clone(),

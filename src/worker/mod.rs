@@ -25,6 +25,13 @@
 //! `persist::persist` → back in the coordinator, `settle` acks it.
 //!
 //! [`run`] is the whole worker; `tagsweep run` and the tests both call it.
+//! It serves every app of the configuration (CONTRACT §7) in one process:
+//! one coordinator per app, each on its own channel, consumer, pacer and
+//! in-flight limit, over a shared store, broker connection and dead-letter
+//! publisher. An app whose credentials Tencent refuses stops alone (its
+//! jobs stay in its queue, /readyz and `tagsweep_app_stopped` say so); the
+//! others keep flowing. The process exits 3 only when every app stopped
+//! that way; any other failure stops every app (a restart may cure it).
 //!
 //! [`Lifecycle`]: coordinator::Lifecycle
 
@@ -38,6 +45,9 @@ mod startup;
 
 use std::future::Future;
 use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::Failure;
 use crate::config::Config;
@@ -58,6 +68,8 @@ pub enum WorkerError {
     Credential { failure: Failure, hint: &'static str },
     #[error("lost the consumer: {0}; the jobs in hand return to the queue")]
     ConsumerLost(String),
+    #[error("no app to serve. Fix: pass --sdkappid with its credential, or --apps-file")]
+    NoApps,
 }
 
 impl WorkerError {
@@ -66,6 +78,7 @@ impl WorkerError {
     pub fn exit_code(&self) -> i32 {
         match self {
             WorkerError::Credential { .. } => 3,
+            WorkerError::NoApps => 2,
             WorkerError::Store(error) => error.exit_code(),
             WorkerError::Queue(error) => error.exit_code(),
             _ => 1,
@@ -85,6 +98,16 @@ pub struct Summary {
     pub calls: u64,
 }
 
+impl std::ops::AddAssign for Summary {
+    fn add_assign(&mut self, other: Summary) {
+        self.succeeded += other.succeeded;
+        self.dead_lettered += other.dead_lettered;
+        self.duplicates += other.duplicates;
+        self.returned += other.returned;
+        self.calls += other.calls;
+    }
+}
+
 /// Runs the worker until `shutdown` resolves (then drains and returns Ok),
 /// or until something only an operator or a restart can fix.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<Summary, WorkerError> {
@@ -99,15 +122,102 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         }
         None => None,
     };
-    let (started, consumer) = startup::start(&config, &health).await?;
-    let result = coordinator::run(&config, &started, consumer, health, shutdown).await;
-    started.close().await;
+    if config.apps.is_empty() {
+        return Err(WorkerError::NoApps);
+    }
+    let (connections, apps) = startup::start(&config, &health).await?;
+    let config = Arc::new(config);
+    // Cancelled on shutdown, or when one app fails in a way that is not
+    // its own (a lost connection): then every app drains and stops.
+    let stop = CancellationToken::new();
+    let mut running = JoinSet::new();
+    for (started, consumer) in apps {
+        let (config, health, stop) = (config.clone(), health.clone(), stop.clone());
+        running.spawn(async move {
+            let result = coordinator::run(&config, &started, consumer, health, stop.cancelled_owned()).await;
+            (started, result)
+        });
+    }
+    let mut ending = Ending { apps: config.apps.len(), ..Ending::default() };
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown, if !stop.is_cancelled() => stop.cancel(),
+            joined = running.join_next() => {
+                let Some(joined) = joined else { break };
+                let (started, result) = joined.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+                let app = started.sdkappid;
+                started.close().await;
+                ending.app_stopped(app, result, &health, &stop);
+            }
+        }
+    }
+    connections.close().await;
+    let result = ending.result();
     // An error is the caller's to report (a credential stop was logged
     // once, when it happened).
     if let Ok(summary) = &result {
         tracing::info!("tagsweep worker stopped: {summary}");
     }
     result
+}
+
+/// How the apps' coordinators ended, added up.
+#[derive(Default)]
+struct Ending {
+    apps: usize,
+    total: Summary,
+    /// The first credential refusal, and how many apps stopped on one.
+    refused: Option<WorkerError>,
+    refusals: usize,
+    /// The first failure that is not an app's own.
+    failure: Option<WorkerError>,
+}
+
+impl Ending {
+    fn app_stopped(
+        &mut self,
+        app: u64,
+        result: Result<Summary, WorkerError>,
+        health: &Health,
+        stop: &CancellationToken,
+    ) {
+        match result {
+            Ok(summary) => {
+                if self.apps > 1 {
+                    tracing::info!(app, "app {app} stopped: {summary}");
+                }
+                self.total += summary;
+            }
+            Err(error @ WorkerError::Credential { .. }) => {
+                health.set_stopped(app);
+                metrics::gauge!(crate::telemetry::names::APP_STOPPED, "app" => app.to_string()).set(1.0);
+                self.refusals += 1;
+                if self.refusals < self.apps {
+                    tracing::error!(
+                        app,
+                        "app {app} stopped: Tencent refused its credentials; its jobs stay in its queue until a restart with a fixed key. The other apps keep flowing"
+                    );
+                }
+                self.refused.get_or_insert(error);
+            }
+            Err(error) => {
+                tracing::error!(app, "app {app} failed ({error}): stopping every app");
+                self.failure.get_or_insert(error);
+                stop.cancel();
+            }
+        }
+    }
+
+    /// A failure first; exit 3 only when every app was refused; otherwise
+    /// the apps stopped on request and their counts add up.
+    fn result(self) -> Result<Summary, WorkerError> {
+        match (self.failure, self.refused) {
+            (Some(failure), _) => Err(failure),
+            (None, Some(refused)) if self.refusals == self.apps => Err(refused),
+            _ => Ok(self.total),
+        }
+    }
 }
 
 /// Aborts a background task when the worker returns.

@@ -1,8 +1,9 @@
 //! Everything that happens once, before the first delivery: connect to
 //! PostgreSQL and RabbitMQ (waiting for a service that is not up yet, never
-//! for a configuration mistake: see `connect`), migrate, declare the topology, build the
-//! API client and its pacer, and open the consumer. It owns the
-//! connections, and closes them in the order the broker likes.
+//! for a configuration mistake: see `connect`), migrate, and for each app
+//! declare its queue, build its API client and pacer, and open its
+//! consumer on a channel of its own. It owns the connections, and closes
+//! them in the order the broker likes.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use uuid::Uuid;
 use super::WorkerError;
 use super::call::CallContext;
 use crate::api::ApiClient;
-use crate::config::{Config, Credential};
+use crate::config::{AppConfig, Config, Credential};
 use crate::limit::{Pacer, Pacing, SharedPacer};
 use crate::queue::{self, DeadLetters, QueueError};
 use crate::store::{Role, Store};
@@ -28,18 +29,33 @@ use crate::telemetry::{Health, Throttle};
 pub(super) const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::usersig::Signer;
 
-/// What a running worker holds on to until it stops.
+/// What the whole worker shares until it stops: the store, the broker
+/// connection and the dead-letter publisher.
+pub(super) struct Connections {
+    store: Store,
+    connection: Connection,
+    dead_letters: DeadLetters,
+}
+
+/// What one app's coordinator runs on: the shared pieces, and its own
+/// channel (prefetch is per channel), consumer and call context (signer,
+/// client, pacer, in-flight semaphore), so that one app's backlog, pause or
+/// refusal never slows another.
 pub(super) struct Started {
     pub(super) store: Store,
-    connection: Connection,
     pub(super) channel: Channel,
     pub(super) dead_letters: DeadLetters,
     pub(super) consumer_tag: String,
     pub(super) calls: Arc<CallContext>,
+    pub(super) queue: String,
+    pub(super) sdkappid: u64,
 }
 
-/// Connects, migrates, declares and starts consuming.
-pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, Consumer), WorkerError> {
+/// Connects, migrates, declares and starts consuming every app's queue.
+pub(super) async fn start(
+    config: &Config,
+    health: &Health,
+) -> Result<(Connections, Vec<(Started, Consumer)>), WorkerError> {
     // PostgreSQL first: a worker that consumes before it can record would
     // only hand every message back, and each return spends the delivery limit.
     let store = Store::connect_within(&config.database_url, 10, config.connect_timeout, Role::Worker).await?;
@@ -51,52 +67,82 @@ pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, 
     let connection = crate::connect::broker(&config.amqp_url, "tagsweep worker", config.connect_timeout)
         .await
         .map_err(QueueError::from)?;
-    let channel = connection.create_channel().await.map_err(QueueError::from)?;
-    queue::declare(&channel, &config.topology).await?;
     let dead_letters = DeadLetters::open(&connection, &config.topology.dead_letter_exchange).await?;
+    let connections = Connections { store, connection, dead_letters };
+    let mut apps = Vec::with_capacity(config.apps.len());
+    for app in &config.apps {
+        match open_app(config, app, &connections).await {
+            Ok(started) => apps.push(started),
+            Err(error) => {
+                for (started, _) in apps {
+                    started.close().await;
+                }
+                connections.close().await;
+                return Err(error);
+            }
+        }
+    }
+    health.set_broker(true);
+    Ok((connections, apps))
+}
+
+/// One app's channel, queue, consumer and call context.
+async fn open_app(config: &Config, app: &AppConfig, shared: &Connections) -> Result<(Started, Consumer), WorkerError> {
+    let topology = config.app_topology(app);
+    let channel = shared.connection.create_channel().await.map_err(QueueError::from)?;
+    queue::declare(&channel, &topology).await?;
     channel.basic_qos(config.prefetch, BasicQosOptions::default()).await.map_err(QueueError::from)?;
     let consumer_tag = format!("tagsweep-{}-{}", std::process::id(), Uuid::new_v4().simple());
     let consumer = channel
         .basic_consume(
-            config.topology.queue.as_str().into(),
+            topology.queue.as_str().into(),
             consumer_tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await
         .map_err(QueueError::from)?;
-    health.set_broker(true);
-
-    let calls = Arc::new(call_context(config, &store)?);
+    crate::telemetry::register_app_zeros(app.sdkappid());
+    let calls = Arc::new(call_context(config, app, &shared.store)?);
     tracing::info!(
-        queue = %config.topology.queue,
-        api = %config.api.base_url,
-        max_calls_per_second = config.max_calls_per_second,
+        app = app.sdkappid(),
+        queue = %topology.queue,
+        api = %app.api.base_url,
+        max_calls_per_second = app.max_calls_per_second,
         batch_size = config.batch_size.get(),
         prefetch = config.prefetch,
         "tagsweep worker consuming"
     );
-    Ok((Started { store, connection, channel, dead_letters, consumer_tag, calls }, consumer))
+    let started = Started {
+        store: shared.store.clone(),
+        channel,
+        dead_letters: shared.dead_letters.clone(),
+        consumer_tag,
+        calls,
+        queue: topology.queue,
+        sdkappid: app.sdkappid(),
+    };
+    Ok((started, consumer))
 }
 
-/// The signer, the HTTP client and the pacer every call task shares.
-fn call_context(config: &Config, store: &Store) -> Result<CallContext, WorkerError> {
-    let signer = match &config.credential {
+/// The signer, the HTTP client and the pacer every call task of one app shares.
+fn call_context(config: &Config, app: &AppConfig, store: &Store) -> Result<CallContext, WorkerError> {
+    let signer = match &app.credential {
         Credential::SecretKey(key) => {
-            Signer::from_key(key.clone(), config.api.sdkappid, config.api.identifier.clone(), config.usersig_validity)
+            Signer::from_key(key.clone(), app.api.sdkappid, app.api.identifier.clone(), config.usersig_validity)
         }
         Credential::UserSig(sig) => Signer::Fixed(sig.clone()),
     };
-    let api = ApiClient::new(&config.api, Arc::new(signer)).map_err(|e| WorkerError::Http(e.to_string()))?;
+    let api = ApiClient::new(&app.api, Arc::new(signer)).map_err(|e| WorkerError::Http(e.to_string()))?;
     let pacer = if config.fleet_pacing {
         Pacing::Fleet(SharedPacer::new(
             store.pool().clone(),
-            config.api.sdkappid,
-            config.max_calls_per_second,
+            app.api.sdkappid,
+            app.max_calls_per_second,
             config.pacing_margin,
         ))
     } else {
-        Pacing::Local(Pacer::new(config.max_calls_per_second, config.pacing_margin))
+        Pacing::Local(Pacer::new(app.max_calls_per_second, config.pacing_margin))
     };
     Ok(CallContext {
         api,
@@ -109,10 +155,16 @@ fn call_context(config: &Config, store: &Store) -> Result<CallContext, WorkerErr
 }
 
 impl Started {
-    /// Closing returns anything still unacknowledged. Channels first:
-    /// lapin logs an error for a connection closed under open channels.
+    /// Closing the channel returns anything still unacknowledged.
     pub(super) async fn close(self) {
         let _ = self.channel.close(200, "tagsweep stopping".into()).await;
+    }
+}
+
+impl Connections {
+    /// After every app's channel: lapin logs an error for a connection
+    /// closed under open channels.
+    pub(super) async fn close(self) {
         self.dead_letters.close().await;
         let _ = self.connection.close(200, "tagsweep stopping".into()).await;
     }

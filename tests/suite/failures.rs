@@ -278,9 +278,9 @@ async fn an_unreachable_primary_fails_over_to_the_backup_and_back() {
     // second simulator on it.
     let primary_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut config = env.config();
-    config.api.backup_url = Some(config.api.base_url.clone());
-    config.api.base_url = format!("http://{primary_addr}");
-    config.api.failback_after = Duration::from_secs(1);
+    config.apps[0].api.backup_url = Some(config.apps[0].api.base_url.clone());
+    config.apps[0].api.base_url = format!("http://{primary_addr}");
+    config.apps[0].api.failback_after = Duration::from_secs(1);
     let worker = env.spawn_worker(config);
     env.publish_jobs(&[job("b1", "u1", &["a"])]).await;
     env.wait_for_rows(1, Duration::from_secs(10)).await;

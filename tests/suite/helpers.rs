@@ -25,7 +25,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use secrecy::SecretString;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tagsweep::ClientSettings;
-use tagsweep::config::{Config, Credential, RetryPolicy, Topology, defaults};
+use tagsweep::config::{AppConfig, Config, Credential, RetryPolicy, Topology, defaults};
 use tagsweep::sim::{Running, SimConfig, Simulator};
 use tagsweep::worker::{self, Summary, WorkerError};
 use tokio::sync::{OnceCell, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -223,7 +223,10 @@ impl TestEnv {
         Config {
             amqp_url: SecretString::from(self.amqp_url.clone()),
             database_url: SecretString::from(self.database_url.clone()),
-            api: ClientSettings { request_timeout: Duration::from_secs(5), ..defaults.api.clone() },
+            apps: vec![AppConfig {
+                api: ClientSettings { request_timeout: Duration::from_secs(5), ..defaults.apps[0].api.clone() },
+                ..defaults.apps[0].clone()
+            }],
             topology: self.topology.clone(),
             batch_linger: Duration::from_millis(20),
             retry: RetryPolicy {

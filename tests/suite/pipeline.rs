@@ -40,7 +40,7 @@ async fn two_thousand_jobs_end_to_end() {
     env.publish_jobs(&bodies).await;
 
     let mut config = env.config();
-    config.max_calls_per_second = 20;
+    config.apps[0].max_calls_per_second = 20;
     config.batch_size = BatchSize::new(25).unwrap();
     let worker = env.spawn_worker(config);
     env.wait_for_rows(2000, Duration::from_secs(90)).await;

@@ -49,8 +49,8 @@ impl Coordinator {
         if !self.is_running() {
             return;
         }
-        self.health.set_paused(paused);
-        metrics::gauge!(names::APP_PAUSED).set(if paused { 1.0 } else { 0.0 });
+        self.health.set_paused(self.sdkappid, paused);
+        metrics::gauge!(names::APP_PAUSED, "app" => self.sdkappid.to_string()).set(if paused { 1.0 } else { 0.0 });
         match (paused, self.intake) {
             (true, Intake::Consuming) => {
                 tracing::info!(app = self.sdkappid, "paused fleet-wide: taking no new jobs; finishing those in hand");

@@ -33,6 +33,10 @@ pub struct EnqueueArgs {
     /// Publishes awaiting their confirm at once.
     #[arg(long, default_value_t = 2000)]
     pub confirm_window: usize,
+    /// The app the jobs are for (CONTRACT §7): published with routing key
+    /// `<routing-key>.<app>` to its queue `<queue>.<app>`.
+    #[arg(long)]
+    pub app: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -49,6 +53,9 @@ pub struct ReplayArgs {
     pub error_code: Option<i32>,
     #[arg(long)]
     pub account: Option<String>,
+    /// Only this app's jobs (the row's SDKAppID; from the dead-letter queue, the row of the letter's job).
+    #[arg(long)]
+    pub app: Option<u64>,
     /// Only jobs received at or after this (RFC 3339, YYYY-MM-DD, or an age: 24h, 7d).
     #[arg(long, value_parser = ops::audit::parse_time)]
     pub since: Option<chrono::DateTime<chrono::Utc>>,
@@ -98,6 +105,9 @@ pub struct JobsArgs {
     pub status: Option<String>,
     #[arg(long)]
     pub error_code: Option<i32>,
+    /// Only this app's jobs (its SDKAppID).
+    #[arg(long)]
+    pub app: Option<u64>,
     /// Received at or after (RFC 3339, YYYY-MM-DD, or an age: 24h, 7d).
     #[arg(long, value_parser = ops::audit::parse_time)]
     pub since: Option<chrono::DateTime<chrono::Utc>>,

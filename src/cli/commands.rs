@@ -6,8 +6,25 @@ use super::args::*;
 use super::to_json;
 use crate::ops::{self, OpsError};
 
+/// The names `app`'s jobs are published under: its own with `--app`
+/// (checked against the apps file, if any), the plain ones otherwise.
+fn app_topology(broker: &crate::config::BrokerArgs, app: Option<u64>) -> Result<crate::config::Topology, OpsError> {
+    let input = |e: crate::config::ConfigError| OpsError::Input(e.to_string());
+    let topology = broker.topology().map_err(input)?;
+    match (broker.routing().map_err(input)?, app) {
+        (_, None) if broker.apps_file.is_some() => {
+            Err(OpsError::Input("--apps-file lists the apps: say which one the jobs are for with --app".into()))
+        }
+        (crate::config::Routing::PerApp(apps), Some(app)) if !apps.contains(&app) => {
+            Err(OpsError::Input(format!("app {app} is not in the apps file: no worker consumes its queue")))
+        }
+        (_, Some(app)) => Ok(topology.for_app(app)),
+        (_, None) => Ok(topology),
+    }
+}
+
 pub(super) async fn enqueue(args: EnqueueArgs) -> Result<String, OpsError> {
-    let topology = args.broker.topology().map_err(|e| OpsError::Input(e.to_string()))?;
+    let topology = app_topology(&args.broker, args.app)?;
     let connection = crate::queue::connect(&args.broker.amqp_url.clone().into(), "tagsweep enqueue").await?;
     let input = match (args.account, args.file) {
         (Some(account), _) => ops::enqueue::Input::One { job_id: args.job_id, account, tags: args.tags },
@@ -42,6 +59,7 @@ pub(super) async fn enqueue(args: EnqueueArgs) -> Result<String, OpsError> {
 
 pub(super) async fn replay(args: ReplayArgs) -> Result<String, OpsError> {
     let topology = args.broker.topology().map_err(|e| OpsError::Input(e.to_string()))?;
+    let routing = args.broker.routing().map_err(|e| OpsError::Input(e.to_string()))?;
     let store = args.database.connect().await?;
     store.migrate().await?;
     let connection = crate::queue::connect(&args.broker.amqp_url.clone().into(), "tagsweep replay").await?;
@@ -54,8 +72,10 @@ pub(super) async fn replay(args: ReplayArgs) -> Result<String, OpsError> {
             until: args.until,
             status: Some(args.status),
             limit: args.limit,
+            app: args.app,
         },
         dry_run: args.dry_run,
+        routing,
     };
     let report = ops::replay::replay(&connection, store.pool(), &topology, options).await;
     let _ = connection.close(200, "done".into()).await;
@@ -90,6 +110,7 @@ pub(super) async fn jobs(args: JobsArgs) -> Result<String, OpsError> {
         since: args.since,
         until: args.until,
         limit: args.limit,
+        app: args.app,
     };
     Ok(match args.summary {
         Some(bucket) => {

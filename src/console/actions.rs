@@ -74,6 +74,7 @@ fn filter(form: &ActionForm) -> Result<Filter, String> {
         until: when("until", &form.until)?,
         status: None,
         limit,
+        app: None,
     })
 }
 
@@ -102,7 +103,7 @@ async fn run(console: &Shared, form: &ActionForm, dry: bool) -> Result<Result<Ve
         let queue = &console.config.topology.dead_letter_queue;
         return Ok(Ok(broker::discard(&connection, queue, &discard, dry).await.map_err(|e| e.to_string())?));
     }
-    let options = ReplayOptions { source: source(form), filter, dry_run: dry };
+    let options = ReplayOptions { source: source(form), filter, dry_run: dry, routing: console.config.routing.clone() };
     let report = crate::ops::replay::replay(&connection, console.store.pool(), &console.config.topology, options)
         .await
         .map_err(|e| e.to_string())?;

@@ -58,8 +58,8 @@ pub struct PauseArgs {
 
 /// Serves the console until SIGINT/SIGTERM; returns the exit code.
 pub async fn console(args: ConsoleArgs) -> i32 {
-    let topology = match args.broker.topology() {
-        Ok(topology) => topology,
+    let (topology, routing) = match args.broker.topology().and_then(|t| Ok((t, args.broker.routing()?))) {
+        Ok(names) => names,
         Err(error) => {
             eprintln!("tagsweep: {error}");
             return 2;
@@ -83,6 +83,7 @@ pub async fn console(args: ConsoleArgs) -> i32 {
         database_url: args.database_url.into(),
         amqp_url: args.broker.amqp_url.clone().into(),
         topology,
+        routing,
         token: args.token.map(Into::into),
         token_name: args.token_name,
         default_app: args.sdkappid,

@@ -30,7 +30,7 @@ use lapin::Connection;
 use secrecy::SecretString;
 use tokio::sync::Mutex;
 
-use crate::config::Topology;
+use crate::config::{Routing, Topology};
 use crate::store::Store;
 
 /// Calls per second per app when nothing else is known (CONTRACT §6).
@@ -42,6 +42,8 @@ pub struct ConsoleConfig {
     pub database_url: SecretString,
     pub amqp_url: SecretString,
     pub topology: Topology,
+    /// Where a replayed job goes: its app's queue with an apps file (CONTRACT §7).
+    pub routing: Routing,
     /// Without a token the console is read-only.
     pub token: Option<SecretString>,
     /// Recorded as "who" for every action done with the token.

@@ -29,6 +29,8 @@ pub(crate) struct JobQuery {
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     pub limit: i64,
+    /// Only this app's jobs (the row's `sdkappid`).
+    pub app: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -76,6 +78,9 @@ fn filters(query: &mut QueryBuilder<Postgres>, q: &JobQuery) {
     }
     if let Some(code) = q.error_code {
         query.push(" AND error_code = ").push_bind(code);
+    }
+    if let Some(app) = q.app {
+        query.push(" AND sdkappid = ").push_bind(i64::try_from(app).unwrap_or(i64::MAX));
     }
     if let Some(since) = q.since {
         query.push(" AND received_at >= ").push_bind(since);

@@ -8,6 +8,11 @@
 //! API. A dead letter leaves its queue only after its republish is
 //! confirmed; the ones that do not match the filter are handed back
 //! untouched. `--dry-run` lists what would go and changes nothing.
+//!
+//! Each job goes back to its own app's queue: with an apps file the row's
+//! `sdkappid` chooses the routing key `<routing-key>.<sdkappid>` (a job of
+//! an app the file does not list stays where it is); without one, the
+//! single app's routing key.
 
 use chrono::{DateTime, Utc};
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions};
@@ -17,7 +22,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::OpsError;
-use crate::config::Topology;
+use crate::config::{Routing, Topology};
 use crate::queue::{HEADER_ATTEMPTS, HEADER_ERROR_CODE, HEADER_ERROR_INFO, HEADER_JOB_ID, header_int, header_str};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -39,6 +44,8 @@ pub(crate) struct Filter {
     /// Table only: the status to pick (default `dead_lettered`).
     pub status: Option<String>,
     pub limit: Option<u64>,
+    /// Only this app's jobs (the row's `sdkappid`).
+    pub app: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,6 +53,8 @@ pub(crate) struct ReplayOptions {
     pub source: Source,
     pub filter: Filter,
     pub dry_run: bool,
+    /// Where each app's jobs are published.
+    pub routing: Routing,
 }
 
 /// One job that was (or, dry, would be) replayed.
@@ -132,7 +141,9 @@ pub(crate) async fn replay(
     options: ReplayOptions,
 ) -> Result<ReplayReport, OpsError> {
     let publisher = connection.create_channel().await?;
-    crate::queue::declare(&publisher, topology).await?;
+    if options.routing == Routing::Single {
+        crate::queue::declare(&publisher, topology).await?;
+    }
     publisher.confirm_select(ConfirmSelectOptions::default()).await?;
     let report = match options.source {
         Source::Queue => from_queue(connection, &publisher, pool, topology, &options).await?,
@@ -175,27 +186,41 @@ async fn from_queue(
         };
         let job_id = header_str(&delivery.properties, HEADER_JOB_ID).unwrap_or_else(|| job.id.clone());
         let error_code = header_int(&delivery.properties, HEADER_ERROR_CODE).map(|c| c as i32);
-        let received: Option<DateTime<Utc>> = if filter.since.is_some() || filter.until.is_some() {
-            sqlx::query_scalar("SELECT received_at FROM tag_removal_jobs WHERE job_id = $1")
-                .bind(&job_id)
-                .fetch_optional(pool)
-                .await?
+        let needs_row = filter.since.is_some()
+            || filter.until.is_some()
+            || filter.app.is_some()
+            || options.routing != Routing::Single;
+        let (received, app): (Option<DateTime<Utc>>, Option<u64>) = if needs_row {
+            let row: Option<(DateTime<Utc>, Option<i64>)> =
+                sqlx::query_as("SELECT received_at, sdkappid FROM tag_removal_jobs WHERE job_id = $1")
+                    .bind(&job_id)
+                    .fetch_optional(pool)
+                    .await?;
+            (row.map(|r| r.0), row.and_then(|r| r.1).and_then(|app| u64::try_from(app).ok()))
         } else {
-            None
+            (None, None)
         };
+        // A letter whose app has no queue here stays where it is.
+        let target = options.routing.topology_for(topology, app).ok();
         let matches = filter.error_code.is_none_or(|code| error_code == Some(code))
             && filter.account.as_ref().is_none_or(|account| *account == job.account)
             && filter.since.is_none_or(|since| received.is_some_and(|t| t >= since))
-            && filter.until.is_none_or(|until| received.is_some_and(|t| t < until));
+            && filter.until.is_none_or(|until| received.is_some_and(|t| t < until))
+            && filter.app.is_none_or(|wanted| app == Some(wanted))
+            && target.is_some();
         if !matches || options.dry_run {
             if !matches {
                 report.left += 1;
             }
             last_held = Some(delivery.delivery_tag);
         } else {
+            let target = target.as_ref().unwrap_or(topology);
+            if options.routing != Routing::Single {
+                crate::queue::declare(publisher, target).await?;
+            }
             mark_replaying(pool, std::slice::from_ref(&job_id)).await?;
             let properties = clean_properties(&delivery.properties, &job_id);
-            publish_confirmed(publisher, topology, &delivery.data, properties).await?;
+            publish_confirmed(publisher, target, &delivery.data, properties).await?;
             channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default()).await?;
         }
         if matches {
@@ -221,6 +246,7 @@ struct Row {
     tags: Vec<String>,
     error_code: Option<i32>,
     error_info: Option<String>,
+    sdkappid: Option<i64>,
 }
 
 async fn from_table(
@@ -231,7 +257,7 @@ async fn from_table(
 ) -> Result<ReplayReport, OpsError> {
     let filter = &options.filter;
     let mut query = sqlx::QueryBuilder::new(
-        "SELECT job_id, account, tags, error_code, error_info FROM tag_removal_jobs WHERE account IS NOT NULL AND status = ",
+        "SELECT job_id, account, tags, error_code, error_info, sdkappid FROM tag_removal_jobs WHERE account IS NOT NULL AND status = ",
     );
     query.push_bind(filter.status.clone().unwrap_or_else(|| crate::store::DEAD_LETTERED.to_owned()));
     if let Some(code) = filter.error_code {
@@ -239,6 +265,9 @@ async fn from_table(
     }
     if let Some(account) = &filter.account {
         query.push(" AND account = ").push_bind(account.clone());
+    }
+    if let Some(app) = filter.app {
+        query.push(" AND sdkappid = ").push_bind(i64::try_from(app).unwrap_or(i64::MAX));
     }
     if let Some(since) = filter.since {
         query.push(" AND received_at >= ").push_bind(since);
@@ -252,8 +281,38 @@ async fn from_table(
     }
     let rows: Vec<Row> = query.build_query_as().fetch_all(pool).await?;
     let mut report = ReplayReport { dry_run: options.dry_run, ..ReplayReport::default() };
+    // Each app's rows to its own queue; rows of an app with no queue here stay.
+    let mut by_target: std::collections::BTreeMap<Option<i64>, (Topology, Vec<Row>)> = Default::default();
+    for row in rows {
+        let app = row.sdkappid.and_then(|app| u64::try_from(app).ok());
+        match options.routing.topology_for(topology, app) {
+            Ok(target) => by_target.entry(row.sdkappid).or_insert_with(|| (target, Vec::new())).1.push(row),
+            Err(why) => {
+                tracing::warn!("job {} stays {}: {why}", row.job_id, crate::store::DEAD_LETTERED);
+                report.left += 1;
+            }
+        }
+    }
+    for (target, rows) in by_target.values() {
+        if options.routing != Routing::Single && !options.dry_run {
+            crate::queue::declare(publisher, target).await?;
+        }
+        replay_rows(publisher, pool, target, rows, options.dry_run, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Marks a chunk of rows replaying, then publishes their jobs confirmed.
+async fn replay_rows(
+    publisher: &Channel,
+    pool: &PgPool,
+    topology: &Topology,
+    rows: &[Row],
+    dry_run: bool,
+    report: &mut ReplayReport,
+) -> Result<(), OpsError> {
     for chunk in rows.chunks(500) {
-        if !options.dry_run {
+        if !dry_run {
             let ids: Vec<String> = chunk.iter().map(|r| r.job_id.clone()).collect();
             mark_replaying(pool, &ids).await?;
             let mut publisher = crate::queue::JobPublisher::new(publisher, topology, chunk.len());
@@ -273,5 +332,5 @@ async fn from_table(
             error_info: row.error_info.clone(),
         }));
     }
-    Ok(report)
+    Ok(())
 }

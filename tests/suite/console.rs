@@ -93,6 +93,7 @@ async fn start_console(env: &TestEnv, token: Option<&str>) -> String {
         database_url: SecretString::from(env.database_url.clone()),
         amqp_url: SecretString::from(env.amqp_url.clone()),
         topology: env.topology.clone(),
+        routing: tagsweep::config::Routing::Single,
         token: token.map(|t| SecretString::from(t.to_owned())),
         token_name: "alice".into(),
         default_app: Some(SDKAPPID),

@@ -14,6 +14,7 @@
 
 mod helpers;
 
+mod apps;
 mod bench;
 mod cli;
 mod console;

@@ -169,7 +169,7 @@ impl std::fmt::Display for crate::worker::Summary {
 
 /// The metrics the worker records, named in one place.
 pub(crate) mod names {
-    /// Jobs by outcome: succeeded, dead_lettered, invalid, duplicate, returned.
+    /// Jobs by app and outcome: succeeded, dead_lettered, invalid, duplicate, returned.
     pub(crate) const JOBS: &str = "tagsweep_jobs_total";
     /// API calls by ErrorCode (0 for success) and outcome class.
     pub(crate) const API_CALLS: &str = "tagsweep_api_calls_total";
@@ -256,9 +256,6 @@ fn describe() {
 /// Every series the worker has from its first second, at zero, so that an
 /// alert on a rate (or on a series' absence) works before the first job.
 fn register_zeros() {
-    for outcome in ["succeeded", "dead_lettered", "invalid", "duplicate", "returned"] {
-        metrics::counter!(names::JOBS, "outcome" => outcome).absolute(0);
-    }
     metrics::counter!(names::API_CALLS, "error_code" => "0", "outcome" => "success").absolute(0);
     for counter in [names::RETRIES, names::DEAD_LETTERS, names::BROKER_ACKS, names::DB_STATEMENTS] {
         metrics::counter!(counter).absolute(0);
@@ -275,6 +272,9 @@ fn register_zeros() {
 
 /// The per-app series at zero, once the worker knows its apps.
 pub(crate) fn register_app_zeros(app: u64) {
+    for outcome in ["succeeded", "dead_lettered", "invalid", "duplicate", "returned"] {
+        metrics::counter!(names::JOBS, "app" => app.to_string(), "outcome" => outcome).absolute(0);
+    }
     for gauge in [names::APP_PAUSED, names::APP_STOPPED] {
         metrics::gauge!(gauge, "app" => app.to_string()).set(0.0);
     }

@@ -246,7 +246,8 @@ impl Coordinator {
         if returned > 0 {
             tracing::info!("returned {returned} deliveries ({in_work} jobs unfinished) to the queue");
             self.summary.returned += returned;
-            metrics::counter!(names::JOBS, "outcome" => "returned").increment(returned);
+            metrics::counter!(names::JOBS, "app" => self.sdkappid.to_string(), "outcome" => "returned")
+                .increment(returned);
         }
         match self.lifecycle {
             Lifecycle::Stopping { cause: Some(error), .. } => Err(error),
@@ -310,11 +311,14 @@ impl Coordinator {
         if done.ok {
             self.summary.succeeded += done.succeeded;
             self.summary.dead_lettered += done.dead_lettered;
-            metrics::counter!(names::JOBS, "outcome" => "succeeded").increment(done.succeeded);
+            metrics::counter!(names::JOBS, "app" => self.sdkappid.to_string(), "outcome" => "succeeded")
+                .increment(done.succeeded);
             // Each job is counted under one outcome: an invalid job is
             // dead-lettered too, but shows as `invalid`.
-            metrics::counter!(names::JOBS, "outcome" => "dead_lettered").increment(done.dead_lettered - done.invalid);
-            metrics::counter!(names::JOBS, "outcome" => "invalid").increment(done.invalid);
+            metrics::counter!(names::JOBS, "app" => self.sdkappid.to_string(), "outcome" => "dead_lettered")
+                .increment(done.dead_lettered - done.invalid);
+            metrics::counter!(names::JOBS, "app" => self.sdkappid.to_string(), "outcome" => "invalid")
+                .increment(done.invalid);
             self.settler.ack(&tags);
         } else {
             // Not recorded: the broker keeps them and a worker tries again.

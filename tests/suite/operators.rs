@@ -200,7 +200,7 @@ async fn metrics_and_health_endpoints() {
     assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
     let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     for name in [
-        "tagsweep_jobs_total{outcome=\"succeeded\"}",
+        "tagsweep_jobs_total{app=\"1400000000\",outcome=\"succeeded\"}",
         "tagsweep_api_calls_total{error_code=\"0\",outcome=\"success\"}",
         "tagsweep_call_latency_seconds_bucket",
         "tagsweep_batch_entries_bucket",

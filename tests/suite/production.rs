@@ -6,7 +6,7 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::helpers::TestEnv;
+use crate::helpers::{SDKAPPID, TestEnv};
 
 const PASSWORD: &str = "not-the-password-7f3a";
 
@@ -281,8 +281,10 @@ async fn every_metric_is_described_and_present_at_zero_from_start_up() {
     env.wait_for_rows(1, Duration::from_secs(10)).await;
     let after = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     let _ = child.kill().await;
-    assert!(after.contains("tagsweep_jobs_total{outcome=\"invalid\"} 1"), "{after}");
-    assert!(after.contains("tagsweep_jobs_total{outcome=\"dead_lettered\"} 0"), "not counted twice:\n{after}");
+    // Per-app series carry the app (CONTRACT §7).
+    let jobs = |outcome: &str, n: u64| format!("tagsweep_jobs_total{{app=\"{SDKAPPID}\",outcome=\"{outcome}\"}} {n}");
+    assert!(after.contains(&jobs("invalid", 1)), "{after}");
+    assert!(after.contains(&jobs("dead_lettered", 0)), "not counted twice:\n{after}");
     assert!(after.contains("tagsweep_dead_letters_total 1"), "{after}");
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     for name in [
@@ -304,10 +306,7 @@ async fn every_metric_is_described_and_present_at_zero_from_start_up() {
         assert!(readme.contains(&format!("`{name}")), "README documents {name}");
     }
     for outcome in ["succeeded", "dead_lettered", "invalid", "duplicate", "returned"] {
-        assert!(
-            metrics.contains(&format!("tagsweep_jobs_total{{outcome=\"{outcome}\"}} 0")),
-            "{outcome} at zero:\n{metrics}"
-        );
+        assert!(metrics.contains(&jobs(outcome, 0)), "{outcome} at zero:\n{metrics}");
     }
     assert!(metrics.contains("tagsweep_broker_acks_total 0"), "{metrics}");
 }

@@ -119,7 +119,8 @@ impl Coordinator {
             if known.as_ref().is_some_and(|id| finished.contains(id)) {
                 ack_now.push(delivery.delivery_tag);
                 self.summary.duplicates += 1;
-                metrics::counter!(names::JOBS, "outcome" => "duplicate").increment(1);
+                metrics::counter!(names::JOBS, "app" => self.sdkappid.to_string(), "outcome" => "duplicate")
+                    .increment(1);
                 continue;
             }
             let id = match &parsed {
@@ -159,7 +160,7 @@ impl Coordinator {
         let copy = self.ledger.hold_as_copy(id, tag);
         if copy {
             self.summary.duplicates += 1;
-            metrics::counter!(names::JOBS, "outcome" => "duplicate").increment(1);
+            metrics::counter!(names::JOBS, "app" => self.sdkappid.to_string(), "outcome" => "duplicate").increment(1);
         }
         copy
     }

@@ -215,6 +215,15 @@ pub struct SimulateArgs {
     /// Answer every call with this ErrorCode (e.g. 90045 to rehearse a credential stop).
     #[arg(long)]
     pub always: Option<i64>,
+    /// SDKAPPID=KEY: serve another app too, with its own key and rate window (repeatable).
+    #[arg(long = "app", value_parser = parse_app)]
+    pub more_apps: Vec<(u64, String)>,
+}
+
+fn parse_app(text: &str) -> Result<(u64, String), String> {
+    let (app, key) = text.split_once('=').ok_or("expected SDKAPPID=KEY")?;
+    let app = app.parse().map_err(|_| format!("{app:?} is not an SDKAppID"))?;
+    Ok((app, key.to_owned()))
 }
 
 fn parse_poison(text: &str) -> Result<(String, i64), String> {

@@ -150,6 +150,7 @@ pub async fn run(cli: Cli) -> i32 {
             config.max_calls_per_second = args.max_calls_per_second;
             config.latency = Duration::from_millis(args.latency_ms);
             config.jitter = Duration::from_millis(args.jitter_ms);
+            config.more_apps = args.more_apps.into_iter().map(|(app, key)| (app, key.into())).collect();
             let faults = Faults {
                 error_91000: args.fail_91000,
                 http_502: args.fail_502,

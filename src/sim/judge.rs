@@ -73,7 +73,18 @@ impl Simulator {
         body: &[u8],
         arrived: Instant,
     ) -> Result<Vec<(String, i64)>, Refusal> {
-        if !self.ledger().window.admit(arrived) {
+        // Each app's calls count against its own window (Tencent's limit
+        // is per SDKAppID); an unknown or missing app against the main one.
+        let app = query.get("sdkappid").and_then(|a| a.parse::<u64>().ok());
+        let admitted = {
+            let mut ledger = self.ledger();
+            let ledger = &mut *ledger;
+            match app.and_then(|app| ledger.more_windows.get_mut(&app)) {
+                Some(window) => window.admit(arrived),
+                None => ledger.window.admit(arrived),
+            }
+        };
+        if !admitted {
             return Err(rules::rate_limited());
         }
         let identifier = self.check_query(query)?;
@@ -100,9 +111,10 @@ impl Simulator {
         let (Some(sdkappid), Some(identifier)) = (param("sdkappid"), param("identifier")) else {
             return Err((60012, "the request needs sdkappid and identifier".into()));
         };
-        if sdkappid.parse::<u64>().ok() != Some(self.config.sdkappid) {
+        let Some((app, key)) = sdkappid.parse::<u64>().ok().and_then(|app| Some((app, self.config.key_of(app)?)))
+        else {
             return Err((70016, format!("SDKAppID {sdkappid} is not served here")));
-        }
+        };
         if param("random").and_then(|r| r.parse::<u32>().ok()).is_none() {
             return Err((60002, "random must be a 32-bit unsigned integer".into()));
         }
@@ -112,7 +124,7 @@ impl Simulator {
         let Some(usersig) = param("usersig") else {
             return Err((70003, "usersig is missing".into()));
         };
-        verify_usersig(&self.config.secret_key, usersig, self.config.sdkappid, identifier, unix_now())
+        verify_usersig(key, usersig, app, identifier, unix_now())
             .map_err(|refusal| (refusal.code(), refusal.to_string()))?;
         Ok(identifier)
     }

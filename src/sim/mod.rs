@@ -64,6 +64,10 @@ pub struct SimConfig {
     /// Added to every answer, with up to `jitter` more or less.
     pub latency: Duration,
     pub jitter: Duration,
+    /// More apps served here (several apps in one worker), each with its
+    /// own key and its own `max_calls_per_second` window. Users' tags and
+    /// the call log are shared: account names are the tests' to keep apart.
+    pub more_apps: Vec<(u64, SecretString)>,
 }
 
 impl SimConfig {
@@ -75,7 +79,16 @@ impl SimConfig {
             max_calls_per_second: DEFAULT_CALLS_PER_SECOND,
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
+            more_apps: Vec::new(),
         }
+    }
+
+    /// The key of `sdkappid`, if this simulator serves it.
+    fn key_of(&self, sdkappid: u64) -> Option<&SecretString> {
+        if sdkappid == self.sdkappid {
+            return Some(&self.secret_key);
+        }
+        self.more_apps.iter().find(|(app, _)| *app == sdkappid).map(|(_, key)| key)
     }
 }
 
@@ -93,8 +106,10 @@ struct Ledger {
     /// Accounts whose every tag was removed, once per success.
     cleared: Vec<String>,
     calls: Vec<SeenCall>,
-    /// Arrivals in the last second, for the rate check.
+    /// Arrivals in the last second, for the rate check: the main app's,
+    /// then one per app of `more_apps`.
     window: window::SlidingWindow,
+    more_windows: HashMap<u64, window::SlidingWindow>,
     faults: Faults,
 }
 
@@ -133,6 +148,11 @@ impl Simulator {
             cleared: Vec::new(),
             calls: Vec::new(),
             window: window::SlidingWindow::new(config.max_calls_per_second, Duration::from_secs(1)),
+            more_windows: config
+                .more_apps
+                .iter()
+                .map(|(app, _)| (*app, window::SlidingWindow::new(config.max_calls_per_second, Duration::from_secs(1))))
+                .collect(),
             faults: Faults::default(),
         };
         Simulator { config: Arc::new(config), ledger: Arc::new(Mutex::new(ledger)) }

@@ -287,6 +287,33 @@ async fn enqueue_and_replay_route_each_job_to_its_apps_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_simulator_serves_several_apps_each_on_its_own_budget() {
+    let apps = Apps::start(5).await;
+    let mut sim = SimConfig::new(SDKAPPID, SECRET_KEY);
+    sim.max_calls_per_second = 5;
+    sim.more_apps = vec![(APP_B, SecretString::from(KEY_B))];
+    let shared = Simulator::new(sim).spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut config = apps.config(KEY_B);
+    for app in &mut config.apps {
+        app.api.base_url = shared.base_url();
+        app.max_calls_per_second = 5;
+    }
+    let worker = apps.env.spawn_worker(config);
+    // 15 calls each: three seconds at each app's 5 calls/s, side by side.
+    for (app, prefix) in [(SDKAPPID, "a"), (APP_B, "b")] {
+        let jobs: Vec<_> = (0..1500).map(|i| job(&format!("{prefix}-{i}"), &format!("{prefix}{i}"), &["t"])).collect();
+        apps.publish(app, &jobs).await;
+    }
+    apps.wait_for(SDKAPPID, "succeeded", 1500, Duration::from_secs(30)).await;
+    apps.wait_for(APP_B, "succeeded", 1500, Duration::from_secs(30)).await;
+    worker.stop().await.unwrap();
+    let stats = shared.simulator.stats();
+    assert!(stats.failed_by_code.is_empty(), "each app within its own window: {stats:?}");
+    assert!(stats.peak_calls_per_second > 5, "together above one app's limit, as two budgets allow: {stats:?}");
+    apps.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apps_file_with_an_inline_secret_fails_start_up_without_printing_it() {
     let apps = Apps::start(100).await;
     let dir = tempfile::tempdir().unwrap();

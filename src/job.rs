@@ -1,6 +1,7 @@
-//! The job message: parsing and validation (CONTRACT §2).
+//! The job message: parsing and validation (CONTRACT §2, §8).
 //!
-//! A job asks to remove some tags from one user. Everything that arrives on
+//! A job asks to remove some tags from one user, or (`"all_tags": true`,
+//! CONTRACT §8) every tag of that user. Everything that arrives on
 //! the queue goes through [`parse`], which never fails: it yields either a
 //! [`Job`] that is fit for the API, or an [`InvalidJob`] that carries the
 //! rule it broke, in words, for the dead-letter headers and the job table.
@@ -38,20 +39,43 @@ pub(crate) enum IdSource {
     Assigned,
 }
 
-/// A valid job: an account and 1..=100 distinct tags.
+/// What a valid job removes: a job either lists its tags or asks for
+/// every tag, never both (CONTRACT §8), so there is no flag to contradict
+/// the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Removes {
+    /// 1..=100 distinct tags, in the order first given.
+    Tags(Vec<String>),
+    /// Every tag of the account (`"all_tags": true`).
+    AllTags,
+}
+
+/// A valid job: an account and what to remove from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Job {
     pub id: String,
     pub id_source: IdSource,
     pub account: String,
-    /// Distinct, in the order first given.
-    pub tags: Vec<String>,
+    pub removes: Removes,
 }
 
 impl Job {
-    /// The tags in API-sized parts of at most [`MAX_TAGS_PER_ENTRY`].
+    /// The tags listed; none for a remove-all job.
+    pub(crate) fn tags(&self) -> &[String] {
+        match &self.removes {
+            Removes::Tags(tags) => tags,
+            Removes::AllTags => &[],
+        }
+    }
+
+    pub(crate) fn all_tags(&self) -> bool {
+        self.removes == Removes::AllTags
+    }
+
+    /// The tags in API-sized parts of at most [`MAX_TAGS_PER_ENTRY`]
+    /// (none for a remove-all job, which travels as one account).
     pub(crate) fn parts(&self) -> impl Iterator<Item = &[String]> {
-        self.tags.chunks(MAX_TAGS_PER_ENTRY)
+        self.tags().chunks(MAX_TAGS_PER_ENTRY)
     }
 }
 
@@ -64,6 +88,8 @@ pub(crate) struct InvalidJob {
     pub account: Option<String>,
     /// The tags that could be read (possibly none).
     pub tags: Vec<String>,
+    /// The body said `"all_tags": true` (kept for the row, valid or not).
+    pub all_tags: bool,
     /// Which rule was broken, in words.
     pub reason: String,
 }
@@ -75,7 +101,7 @@ pub(crate) fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, Invali
         None => (uuid::Uuid::new_v4().to_string(), IdSource::Assigned),
     };
     let invalid = |(id, id_source): (String, IdSource), account: Option<String>, tags: Vec<String>, reason: String| {
-        InvalidJob { id, id_source, account, tags, reason }
+        InvalidJob { id, id_source, account, tags, all_tags: false, reason }
     };
 
     if body.len() > MAX_BODY_BYTES {
@@ -127,21 +153,51 @@ pub(crate) fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, Invali
         Some(Value::String(a)) => (Ok(a.clone()), Some(a.clone())),
         Some(other) => (Err(format!("account must be a string, not {}", kind(other))), None),
     };
-    let tags = read_tags(object.get("tags"));
+    let removes = read_removes(object.get("all_tags"), object.get("tags"));
 
-    let readable_tags = match &tags {
-        Ok(tags) => tags.clone(),
-        Err((_, partial)) => partial.clone(),
+    let (readable_tags, all_tags) = match &removes {
+        Ok(Removes::Tags(tags)) => (tags.clone(), false),
+        Ok(Removes::AllTags) => (Vec::new(), true),
+        Err((_, partial, all_tags)) => (partial.clone(), *all_tags),
     };
     let (id, id_source) = id;
-    match (id_problem, message_id_problem, account, tags) {
-        (None, None, Ok(account), Ok(tags)) => Ok(Job { id, id_source, account, tags }),
-        (id_problem, message_id_problem, account, tags) => {
-            let reasons: Vec<String> = [id_problem, message_id_problem, account.err(), tags.err().map(|(r, _)| r)]
-                .into_iter()
-                .flatten()
-                .collect();
-            Err(invalid((id, id_source), readable_account, readable_tags, reasons.join("; ")))
+    match (id_problem, message_id_problem, account, removes) {
+        (None, None, Ok(account), Ok(removes)) => Ok(Job { id, id_source, account, removes }),
+        (id_problem, message_id_problem, account, removes) => {
+            let reasons: Vec<String> =
+                [id_problem, message_id_problem, account.err(), removes.err().map(|(r, _, _)| r)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            let mut invalid = invalid((id, id_source), readable_account, readable_tags, reasons.join("; "));
+            invalid.all_tags = all_tags;
+            Err(invalid)
+        }
+    }
+}
+
+/// Reads `all_tags` and `tags` together (CONTRACT §8): `all_tags` absent,
+/// null or false means the tags are required; `true` means every tag, and
+/// then `tags` must be absent (or null). On error also returns the tags
+/// that were readable and whether the body asked for every tag.
+fn read_removes(all_tags: Option<&Value>, tags: Option<&Value>) -> Result<Removes, (String, Vec<String>, bool)> {
+    let given_tags = tags.filter(|t| !t.is_null());
+    match all_tags {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {
+            read_tags(tags).map(Removes::Tags).map_err(|(reason, partial)| (reason, partial, false))
+        }
+        Some(Value::Bool(true)) => match given_tags {
+            None => Ok(Removes::AllTags),
+            // A producer that sends both has a bug: which did it mean?
+            // Neither is guessed; the job is refused whole.
+            Some(tags) => {
+                let readable = read_tags(Some(tags)).unwrap_or_else(|(_, partial)| partial);
+                Err(("a job with \"all_tags\": true must not carry tags".to_owned(), readable, true))
+            }
+        },
+        Some(other) => {
+            let readable = read_tags(tags).unwrap_or_else(|(_, partial)| partial);
+            Err((format!("all_tags must be a boolean, not {}", kind(other)), readable, false))
         }
     }
 }
@@ -226,7 +282,8 @@ mod tests {
         assert_eq!(job.id, "evt-8f2c-0001");
         assert_eq!(job.id_source, IdSource::Body);
         assert_eq!(job.account, "xiaojun012");
-        assert_eq!(job.tags, ["a", "b"]);
+        assert_eq!(job.tags(), ["a", "b"]);
+        assert!(!job.all_tags());
     }
 
     #[test]
@@ -243,9 +300,9 @@ mod tests {
     fn duplicate_tags_collapse_before_counting() {
         let tags: Vec<String> = (0..150).map(|i| format!("t{}", i % 100)).collect();
         let body = serde_json::json!({"account": "u", "tags": tags}).to_string();
-        assert_eq!(ok(&body).tags.len(), 100);
+        assert_eq!(ok(&body).tags().len(), 100);
         let job = ok(r#"{"account": "u", "tags": ["a", "b", "a"]}"#);
-        assert_eq!(job.tags, ["a", "b"]);
+        assert_eq!(job.tags(), ["a", "b"]);
     }
 
     #[test]
@@ -286,6 +343,39 @@ mod tests {
     }
 
     #[test]
+    fn a_remove_all_job_carries_no_tags() {
+        let job = ok(r#"{"job_id": "j", "account": "u1", "all_tags": true}"#);
+        assert_eq!(job.removes, Removes::AllTags);
+        assert!(job.all_tags() && job.tags().is_empty());
+        assert_eq!(job.parts().count(), 0, "no tag parts: it travels as its account");
+        // `tags: null` is the same as no tags.
+        assert!(ok(r#"{"account": "u1", "all_tags": true, "tags": null}"#).all_tags());
+        // all_tags false (or null) is an ordinary job, which needs its tags.
+        let job = ok(r#"{"account": "u1", "all_tags": false, "tags": ["a"]}"#);
+        assert_eq!(job.removes, Removes::Tags(vec!["a".into()]));
+        assert!(!ok(r#"{"account": "u1", "all_tags": null, "tags": ["a"]}"#).all_tags());
+        assert!(reason(br#"{"account": "u1", "all_tags": false}"#).contains("tags is required"));
+    }
+
+    #[test]
+    fn tags_and_all_tags_together_or_a_non_boolean_all_tags_are_invalid() {
+        let both = parse(br#"{"job_id": "j", "account": "u1", "all_tags": true, "tags": ["a"]}"#, None).unwrap_err();
+        assert!(both.reason.contains("must not carry tags"), "{}", both.reason);
+        assert_eq!(
+            (both.all_tags, both.tags.as_slice(), both.account.as_deref()),
+            (true, &["a".to_owned()][..], Some("u1"))
+        );
+        assert!(reason(br#"{"account": "u1", "all_tags": true, "tags": []}"#).contains("must not carry tags"));
+        for value in [r#""true""#, "1", "[]", "{}"] {
+            let body = format!(r#"{{"account": "u1", "all_tags": {value}, "tags": ["a"]}}"#);
+            assert!(reason(body.as_bytes()).contains("all_tags must be a boolean"), "{value}");
+        }
+        // Every broken rule is named, all_tags among them.
+        let many = reason(br#"{"account": "", "all_tags": "yes"}"#);
+        assert!(many.contains("account must not be empty") && many.contains("all_tags must be a boolean"), "{many}");
+    }
+
+    #[test]
     fn oversized_body_is_refused_unread_under_the_message_id() {
         let mut body = br#"{"account": "u", "tags": ["a"], "pad": ""#.to_vec();
         body.resize(MAX_BODY_BYTES + 1, b'x');
@@ -312,8 +402,8 @@ mod tests {
             match parse(body.as_bytes(), None) {
                 Ok(job) => {
                     proptest::prop_assert!((1..=MAX_ACCOUNT_BYTES).contains(&job.account.len()));
-                    proptest::prop_assert!((1..=MAX_TAGS_PER_JOB).contains(&job.tags.len()));
-                    proptest::prop_assert!(job.tags.iter().all(|t| (1..=MAX_TAG_BYTES).contains(&t.len())));
+                    proptest::prop_assert!((1..=MAX_TAGS_PER_JOB).contains(&job.tags().len()));
+                    proptest::prop_assert!(job.tags().iter().all(|t| (1..=MAX_TAG_BYTES).contains(&t.len())));
                     proptest::prop_assert!((1..=MAX_JOB_ID_BYTES).contains(&job.id.len()));
                 }
                 Err(invalid) => proptest::prop_assert!(!invalid.reason.is_empty()),

@@ -25,6 +25,8 @@ mod operators;
 mod pause;
 mod pipeline;
 mod production;
+mod push_plugin;
+mod remove_all;
 mod request_shape;
 mod shutdown;
 mod simulator;

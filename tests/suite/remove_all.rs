@@ -134,5 +134,26 @@ async fn a_mixed_queue_never_mixes_kinds_in_a_call() {
     let not_bool = header_str(&letters["not-bool"].properties, "x-tagsweep-error-info").unwrap();
     assert!(not_bool.contains("all_tags must be a boolean"), "{not_bool}");
     assert_eq!(env.simulator().stats().clears, 100, "a0..a297 step 3 cleared, a7 not");
+
+    // The audit shows what a remove-all job asked, and a replay from the
+    // table sends it back as a remove-all job, not as a job with no tags.
+    let out = env.tagsweep_process().args(["jobs", "--account", "a7", "--json"]).output().await.unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("jobs --json");
+    assert_eq!((listed[0]["all_tags"].as_bool(), listed[0]["tags"].as_array().map(Vec::len)), (Some(true), Some(0)));
+    let out = env.tagsweep_process().args(["jobs", "--account", "a7"]).output().await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(all tags)"), "{}", String::from_utf8_lossy(&out.stdout));
+    env.simulator().set_faults(Faults::default());
+    let out =
+        env.tagsweep_process().args(["replay", "--from", "table", "--error-code", "70107"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let worker = env.spawn_worker(env.config());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while row(&env, "a7").await.2 != "succeeded" {
+        assert!(tokio::time::Instant::now() < deadline, "the replayed remove-all job succeeds");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stop().await.unwrap();
+    assert_eq!(row(&env, "a7").await, (Vec::new(), true, "succeeded".into(), None));
+    assert_eq!(env.simulator().clear_count("a7"), 1);
     env.cleanup().await;
 }

@@ -84,7 +84,7 @@ async fn per_user_failures_settle_each_user_by_its_own_code_without_bisection() 
         }
     }
     assert_eq!(per_account["u80"], 2);
-    let retry = calls.iter().filter(|c| c.accounts.contains(&"u80".to_owned())).next_back().unwrap();
+    let retry = calls.iter().rfind(|c| c.accounts.contains(&"u80".to_owned())).unwrap();
     assert_eq!(retry.accounts, ["u80"], "only the transient user goes again");
 
     // The call log tells the partial call from a clean one.

@@ -120,3 +120,54 @@ async fn a_user_refused_for_the_credentials_stops_the_worker_and_keeps_its_job()
     assert_eq!(rows.len() as u32 + queued, 20, "every job either finished or queued");
     env.cleanup().await;
 }
+
+/// Tencent does not document an answer that fails *and* lists users; the
+/// worker's reading (README, "The Push plugin and removing every tag"): the
+/// listed users take their own codes, the others go again without halving.
+/// The simulator never answers so, so a stub of a few lines stands in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_answer_that_lists_users_settles_them_and_sends_the_rest_again() {
+    use std::sync::{Arc, Mutex};
+
+    type Seen = Arc<Mutex<Vec<serde_json::Value>>>;
+    async fn answer(axum::extract::State(seen): axum::extract::State<Seen>, body: axum::body::Bytes) -> &'static str {
+        let mut seen = seen.lock().unwrap();
+        seen.push(serde_json::from_slice(&body).unwrap_or_default());
+        if seen.len() == 1 {
+            r#"{"ActionStatus":"FAIL","ErrorCode":70107,"ErrorInfo":"some users failed",
+                "ErrorList":[{"To_Account":"u1","ErrorCode":70107,"ErrorInfo":"u1 is not a user"}]}"#
+        } else {
+            r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#
+        }
+    }
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new().fallback(axum::routing::post(answer)).with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stub = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let env = TestEnv::new().await;
+    let bodies: Vec<_> = (0..5).map(|i| job(&format!("f{i}"), &format!("u{i}"), &["a"])).collect();
+    env.publish_jobs(&bodies).await;
+    let mut config = env.config();
+    config.api.family = ApiFamily::Timpush;
+    config.api.base_url = stub;
+    config.api.backup_url = None;
+    config.batch_linger = Duration::from_millis(200);
+    let worker = env.spawn_worker(config);
+    env.wait_for_rows(5, Duration::from_secs(20)).await;
+    worker.stop().await.unwrap();
+
+    let (status, attempts, code, info) = row(&env, "f1").await;
+    assert_eq!((status.as_str(), attempts, code), ("dead_lettered", 1, Some(70107)));
+    assert!(info.unwrap().contains("u1 is not a user"));
+    for i in [0, 2, 3, 4] {
+        assert_eq!(row(&env, &format!("f{i}")).await, ("succeeded".into(), 2, None, None), "f{i}");
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one failed call, one resend: no halving");
+    let resent: Vec<&str> =
+        seen[1]["UserTags"].as_array().unwrap().iter().map(|e| e["To_Account"].as_str().unwrap()).collect();
+    assert_eq!(resent, ["u0", "u2", "u3", "u4"], "the listed user is not sent again");
+    env.cleanup().await;
+}

@@ -244,6 +244,7 @@ struct Row {
     job_id: String,
     account: String,
     tags: Vec<String>,
+    all_tags: bool,
     error_code: Option<i32>,
     error_info: Option<String>,
     sdkappid: Option<i64>,
@@ -257,7 +258,7 @@ async fn from_table(
 ) -> Result<ReplayReport, OpsError> {
     let filter = &options.filter;
     let mut query = sqlx::QueryBuilder::new(
-        "SELECT job_id, account, tags, error_code, error_info, sdkappid FROM tag_removal_jobs WHERE account IS NOT NULL AND status = ",
+        "SELECT job_id, account, tags, all_tags, error_code, error_info, sdkappid FROM tag_removal_jobs WHERE account IS NOT NULL AND status = ",
     );
     query.push_bind(filter.status.clone().unwrap_or_else(|| crate::store::DEAD_LETTERED.to_owned()));
     if let Some(code) = filter.error_code {
@@ -317,7 +318,14 @@ async fn replay_rows(
             mark_replaying(pool, &ids).await?;
             let mut publisher = crate::queue::JobPublisher::new(publisher, topology, chunk.len());
             for row in chunk {
-                let body = serde_json::json!({"job_id": row.job_id, "account": row.account, "tags": row.tags});
+                // A remove-all job goes back as one (CONTRACT §8): its row's
+                // `tags` is empty. An invalid row that had both goes back as
+                // the milder of the two, its tags.
+                let body = if row.all_tags && row.tags.is_empty() {
+                    serde_json::json!({"job_id": row.job_id, "account": row.account, "all_tags": true})
+                } else {
+                    serde_json::json!({"job_id": row.job_id, "account": row.account, "tags": row.tags})
+                };
                 publisher.publish(body.to_string().as_bytes(), &row.job_id).await?;
             }
             publisher

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
@@ -192,6 +192,8 @@ pub(crate) mod names {
     pub(crate) const DB_STATEMENTS: &str = "tagsweep_db_statements_total";
     /// 1 while the app is paused fleet-wide (`tagsweep pause`), else 0.
     pub(crate) const APP_PAUSED: &str = "tagsweep_app_paused";
+    /// 1 while a credential stop is remembered for this app and key, else 0.
+    pub(crate) const CREDENTIAL_STOPPED: &str = "tagsweep_credential_stopped";
 }
 
 static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
@@ -243,6 +245,10 @@ fn describe() {
     );
     describe_histogram!(names::PERSIST_ROWS, metrics::Unit::Count, "Job rows recorded by one statement");
     describe_gauge!(names::APP_PAUSED, "1 while the app is paused fleet-wide (tagsweep pause), else 0");
+    describe_gauge!(
+        names::CREDENTIAL_STOPPED,
+        "1 while Tencent's refusal of this app's key is remembered (no jobs taken until fixed or tagsweep resume), else 0"
+    );
     describe_counter!(names::DB_STATEMENTS, "Statements the worker sent to PostgreSQL (admission checks and writes)");
 }
 
@@ -256,7 +262,7 @@ fn register_zeros() {
     for counter in [names::RETRIES, names::DEAD_LETTERS, names::BROKER_ACKS, names::DB_STATEMENTS] {
         metrics::counter!(counter).absolute(0);
     }
-    for gauge in [names::CALLS_IN_FLIGHT, names::JOBS_IN_HAND, names::APP_PAUSED] {
+    for gauge in [names::CALLS_IN_FLIGHT, names::JOBS_IN_HAND, names::APP_PAUSED, names::CREDENTIAL_STOPPED] {
         metrics::gauge!(gauge).set(0.0);
     }
     for histogram in
@@ -266,36 +272,98 @@ fn register_zeros() {
     }
 }
 
-/// What /readyz reports: ready only while both connections are up and
-/// the app is not paused (`tagsweep pause`).
+/// What /readyz and /healthz report.
+///
+/// Ready only while both connections are up, the app is not paused
+/// (`tagsweep pause`) and no credential stop is remembered for this key.
+/// Live unless the worker holds jobs and has made no progress with them (a
+/// report from a call task, a recorded group, an ack) for the stall
+/// timeout: then an orchestrator should restart it. Holding nothing is
+/// never a stall.
 #[derive(Debug, Default)]
 pub(crate) struct Health {
-    pub broker: std::sync::atomic::AtomicBool,
-    pub database: std::sync::atomic::AtomicBool,
-    pub paused: std::sync::atomic::AtomicBool,
+    pub broker: AtomicBool,
+    pub database: AtomicBool,
+    pub paused: AtomicBool,
+    pub credential_stopped: AtomicBool,
+    /// Deliveries in hand, as of the coordinator's last look.
+    in_hand: AtomicUsize,
+    /// When work last moved, in ms since [`epoch`].
+    last_progress_ms: AtomicU64,
+    /// 0: the watchdog is off.
+    stall_timeout_ms: AtomicU64,
+}
+
+/// The process's own clock origin for [`Health`]'s timestamps.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Health {
     pub(crate) fn set_broker(&self, up: bool) {
-        self.broker.store(up, std::sync::atomic::Ordering::Relaxed);
+        self.broker.store(up, Ordering::Relaxed);
     }
 
     pub(crate) fn set_database(&self, up: bool) {
-        self.database.store(up, std::sync::atomic::Ordering::Relaxed);
+        self.database.store(up, Ordering::Relaxed);
     }
 
     pub(crate) fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_credential_stopped(&self, stopped: bool) {
+        self.credential_stopped.store(stopped, Ordering::Relaxed);
     }
 
     pub(crate) fn ready(&self) -> bool {
-        self.broker.load(std::sync::atomic::Ordering::Relaxed)
-            && self.database.load(std::sync::atomic::Ordering::Relaxed)
+        self.broker.load(Ordering::Relaxed)
+            && self.database.load(Ordering::Relaxed)
             && !self.is_paused()
+            && !self.is_credential_stopped()
     }
 
     pub(crate) fn is_paused(&self) -> bool {
-        self.paused.load(std::sync::atomic::Ordering::Relaxed)
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_credential_stopped(&self) -> bool {
+        self.credential_stopped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_stall_timeout(&self, timeout: Duration) {
+        self.stall_timeout_ms.store(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Work in hand moved: a report, a recorded group, an ack.
+    pub(crate) fn progress(&self) {
+        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The deliveries in hand now. Taking work after holding none starts
+    /// the stall clock afresh: the time spent idle is not a stall.
+    pub(crate) fn set_in_hand(&self, in_hand: usize) {
+        if self.in_hand.swap(in_hand, Ordering::Relaxed) == 0 && in_hand > 0 {
+            self.progress();
+        }
+    }
+
+    /// How long work in hand has not moved, once that is past the stall
+    /// timeout; None while live.
+    pub(crate) fn stalled(&self) -> Option<(usize, Duration)> {
+        self.stalled_at(now_ms())
+    }
+
+    fn stalled_at(&self, now_ms: u64) -> Option<(usize, Duration)> {
+        let timeout = self.stall_timeout_ms.load(Ordering::Relaxed);
+        let in_hand = self.in_hand.load(Ordering::Relaxed);
+        let still = now_ms.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed));
+        (timeout > 0 && in_hand > 0 && still > timeout).then(|| (in_hand, Duration::from_millis(still)))
     }
 }
 
@@ -308,14 +376,35 @@ pub(crate) async fn serve(
     use axum::routing::get;
     let handle = prometheus();
     let ready = health.clone();
+    let live = health;
     let app = axum::Router::new()
         .route("/metrics", get(move || std::future::ready(handle.as_ref().map(|h| h.render()).unwrap_or_default())))
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || {
+                std::future::ready(match live.stalled() {
+                    None => (StatusCode::OK, "ok".to_owned()),
+                    Some((in_hand, still)) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "stalled: {in_hand} deliveries in hand and no progress for {:.0} s (--stall-timeout-ms); \
+                             a restart returns them to the queue",
+                            still.as_secs_f64()
+                        ),
+                    ),
+                })
+            }),
+        )
         .route(
             "/readyz",
             get(move || {
                 std::future::ready(if ready.ready() {
                     (StatusCode::OK, "ready")
+                } else if ready.is_credential_stopped() {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "credential stop: Tencent refused this key; fix it, then give the new key or run `tagsweep resume`",
+                    )
                 } else if ready.is_paused() {
                     (StatusCode::SERVICE_UNAVAILABLE, "paused: `tagsweep resume` lets it take jobs again")
                 } else {
@@ -346,6 +435,27 @@ mod tests {
         assert_eq!(throttle.admit_at("60007", start + Duration::from_secs(11)), Some(2));
         assert_eq!(suppressed(2), " (2 more suppressed)");
         assert_eq!(suppressed(0), "");
+    }
+
+    #[test]
+    fn held_work_that_does_not_move_is_a_stall_and_idle_never_is() {
+        let health = Health::default();
+        health.set_stall_timeout(Duration::from_secs(60));
+        health.progress();
+        let start = now_ms();
+        assert_eq!(health.stalled_at(start + 3_600_000), None, "idle for an hour is not a stall");
+        health.set_in_hand(5);
+        assert_eq!(health.stalled_at(start + 30_000), None);
+        let (in_hand, still) = health.stalled_at(start + 61_000).expect("a stall after the timeout");
+        assert_eq!(in_hand, 5);
+        assert!(still >= Duration::from_secs(60));
+        health.progress();
+        assert_eq!(health.stalled_at(now_ms() + 30_000), None, "progress restarts the clock");
+        health.set_in_hand(0);
+        assert_eq!(health.stalled_at(now_ms() + 3_600_000), None);
+        health.set_stall_timeout(Duration::ZERO);
+        health.set_in_hand(3);
+        assert_eq!(health.stalled_at(now_ms() + 3_600_000), None, "0 turns the watchdog off");
     }
 
     #[test]

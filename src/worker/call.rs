@@ -74,6 +74,11 @@ pub(super) async fn run_batch(ctx: &CallContext, batch: Batch, slot: Option<Inst
     let mut report = BatchReport::default();
     let mut carried = Carried::new();
     let mut outcomes: Vec<(PartId, PartResult)> = Vec::with_capacity(batch.len());
+    // The retry budget is the jobs', not each call's: it starts with the
+    // first call and is carried through every retry and every halving, so
+    // no delivery is held much past `--retry-max-elapsed-ms` (and the
+    // broker's consumer timeout, which start-up checks it against).
+    let mut deadline = None;
     let mut stack = vec![batch];
     while let Some(batch) = stack.pop() {
         let attempt = if report.fatal.is_some() {
@@ -81,7 +86,7 @@ pub(super) async fn run_batch(ctx: &CallContext, batch: Batch, slot: Option<Inst
         } else {
             // Only the batch's first call uses the slot reserved at dispatch.
             let slot = if report.calls.is_empty() { slot } else { None };
-            call_with_retry(ctx, &batch, slot, &mut report.calls, &mut carried).await
+            call_with_retry(ctx, &batch, slot, &mut deadline, &mut report.calls, &mut carried).await
         };
         let result = match attempt {
             Ok(()) => PartResult::Removed,
@@ -119,6 +124,7 @@ async fn call_with_retry(
     ctx: &CallContext,
     batch: &Batch,
     mut slot: Option<Instant>,
+    deadline: &mut Option<Instant>,
     calls: &mut Vec<CallRow>,
     carried: &mut Carried,
 ) -> Result<(), Attempt> {
@@ -138,6 +144,10 @@ async fn call_with_retry(
             attempt
         );
         let report = send_once(ctx, batch, slot.take()).instrument(span.clone()).await?;
+        let deadline = *deadline.get_or_insert_with(|| {
+            let started = Instant::now().checked_sub(report.latency).unwrap_or_else(Instant::now);
+            started + ctx.retry.max_elapsed
+        });
         record_call_metrics(&report, batch.len(), attempt);
         calls.push(call_row(call_id, &report, batch.len(), attempt));
         for entry in batch.entries() {
@@ -163,7 +173,7 @@ async fn call_with_retry(
                     // The server counts refused calls too: everyone waits.
                     ctx.pacer.pause(Duration::from_secs(1)).await;
                 }
-                let Some(delay) = backoff.next() else {
+                let Some(delay) = backoff.next().filter(|delay| Instant::now() + *delay <= deadline) else {
                     if let Some(held_back) = ctx.warnings.admit("give-up") {
                         span.in_scope(|| {
                             tracing::warn!(

@@ -89,6 +89,7 @@ pub struct Summary {
 /// or until something only an operator or a restart can fix.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<Summary, WorkerError> {
     let health = Arc::new(Health::default());
+    health.set_stall_timeout(config.stall_timeout);
     let _server = match config.metrics_addr {
         Some(addr) => {
             let (bound, task) = crate::telemetry::serve(addr, health.clone())

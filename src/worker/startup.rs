@@ -36,10 +36,16 @@ pub(super) struct Started {
     pub(super) dead_letters: DeadLetters,
     pub(super) consumer_tag: String,
     pub(super) calls: Arc<CallContext>,
+    /// This key's fingerprint (see `store::fingerprint`).
+    pub(super) fingerprint: String,
+    /// Tencent's refusal of this key, remembered from an earlier run.
+    pub(super) remembered: Option<crate::store::CredentialStop>,
 }
 
-/// Connects, migrates, declares and starts consuming.
-pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, Consumer), WorkerError> {
+/// Connects, migrates, declares and starts consuming, unless Tencent's
+/// refusal of this key is remembered: then no consumer (None) until an
+/// operator clears it; the coordinator checks every few seconds.
+pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, Option<Consumer>), WorkerError> {
     // PostgreSQL first: a worker that consumes before it can record would
     // only hand every message back, and each return spends the delivery limit.
     let store = Store::connect_within(&config.database_url, 10, config.connect_timeout, Role::Worker).await?;
@@ -54,18 +60,44 @@ pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, 
     let channel = connection.create_channel().await.map_err(QueueError::from)?;
     queue::declare(&channel, &config.topology).await?;
     let dead_letters = DeadLetters::open(&connection, &config.topology.dead_letter_exchange).await?;
-    channel.basic_qos(config.prefetch, BasicQosOptions::default()).await.map_err(QueueError::from)?;
-    let consumer_tag = format!("tagsweep-{}-{}", std::process::id(), Uuid::new_v4().simple());
-    let consumer = channel
-        .basic_consume(
-            config.topology.queue.as_str().into(),
-            consumer_tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(QueueError::from)?;
     health.set_broker(true);
+    let fingerprint = crate::store::fingerprint(&config.credential);
+    let remembered = store.stop_for(config.api.sdkappid, &fingerprint).await?;
+    let consumer_tag = format!("tagsweep-{}-{}", std::process::id(), Uuid::new_v4().simple());
+    let consumer = match &remembered {
+        Some(stop) => {
+            // One line, once: the coordinator re-checks quietly.
+            tracing::error!(
+                "Tencent refused this key for app {} at {} (ErrorCode {}: {}): taking no jobs, so none spends a \
+                 delivery. Fix: {}; then start with the new key, or run `tagsweep resume --app {}`",
+                config.api.sdkappid,
+                stop.stopped_at.format("%Y-%m-%d %H:%M:%SZ"),
+                stop.error_code,
+                stop.error_info,
+                stop.fix,
+                config.api.sdkappid,
+            );
+            health.set_credential_stopped(true);
+            metrics::gauge!(crate::telemetry::names::CREDENTIAL_STOPPED).set(1.0);
+            None
+        }
+        None => {
+            // The first window: one batch in hand until a call succeeds, so
+            // a first-time refusal hands back one batch, not --prefetch.
+            let first_window = u16::try_from(config.batch_size.get()).unwrap_or(u16::MAX).min(config.prefetch);
+            channel.basic_qos(first_window, BasicQosOptions::default()).await.map_err(QueueError::from)?;
+            let consumer = channel
+                .basic_consume(
+                    config.topology.queue.as_str().into(),
+                    consumer_tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(QueueError::from)?;
+            Some(consumer)
+        }
+    };
 
     let calls = Arc::new(call_context(config, &store)?);
     tracing::info!(
@@ -74,9 +106,10 @@ pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, 
         max_calls_per_second = config.max_calls_per_second,
         batch_size = config.batch_size.get(),
         prefetch = config.prefetch,
-        "tagsweep worker consuming"
+        "tagsweep worker {}",
+        if consumer.is_some() { "consuming" } else { "standing by (credential stop)" }
     );
-    Ok((Started { store, connection, channel, dead_letters, consumer_tag, calls }, consumer))
+    Ok((Started { store, connection, channel, dead_letters, consumer_tag, calls, fingerprint, remembered }, consumer))
 }
 
 /// The signer, the HTTP client and the pacer every call task shares.

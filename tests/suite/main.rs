@@ -20,6 +20,7 @@ mod console;
 mod crash_safety;
 mod failures;
 mod fleet;
+mod guards;
 mod hostile_input;
 mod operators;
 mod pause;

@@ -26,6 +26,7 @@ mod operators;
 mod pause;
 mod pipeline;
 mod production;
+mod replay;
 mod request_shape;
 mod shutdown;
 mod simulator;

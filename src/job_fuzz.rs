@@ -222,7 +222,7 @@ fn run(cases: u64, seed: u64) -> u64 {
 
 #[test]
 fn twenty_thousand_generated_messages_are_judged_by_the_contract() {
-    let valid = run(20_000, 2026_11_28);
+    let valid = run(20_000, 1_128);
     assert!(valid > 1_000, "the generators reach valid jobs too ({valid})");
 }
 

@@ -1,6 +1,7 @@
-//! The job message: parsing and validation (CONTRACT §2).
+//! The job message: parsing and validation (CONTRACT §2, §8).
 //!
-//! A job asks to remove some tags from one user. Everything that arrives on
+//! A job asks to remove some tags from one user, or (`"all_tags": true`,
+//! CONTRACT §8) every tag of that user. Everything that arrives on
 //! the queue goes through [`parse`], which never fails: it yields either a
 //! [`Job`] that is fit for the API, or an [`InvalidJob`] that carries the
 //! rule it broke, in words, for the dead-letter headers and the job table.
@@ -38,20 +39,43 @@ pub(crate) enum IdSource {
     Assigned,
 }
 
-/// A valid job: an account and 1..=100 distinct tags.
+/// What a valid job removes: a job either lists its tags or asks for
+/// every tag, never both (CONTRACT §8), so there is no flag to contradict
+/// the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Removes {
+    /// 1..=100 distinct tags, in the order first given.
+    Tags(Vec<String>),
+    /// Every tag of the account (`"all_tags": true`).
+    AllTags,
+}
+
+/// A valid job: an account and what to remove from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Job {
     pub id: String,
     pub id_source: IdSource,
     pub account: String,
-    /// Distinct, in the order first given.
-    pub tags: Vec<String>,
+    pub removes: Removes,
 }
 
 impl Job {
-    /// The tags in API-sized parts of at most [`MAX_TAGS_PER_ENTRY`].
+    /// The tags listed; none for a remove-all job.
+    pub(crate) fn tags(&self) -> &[String] {
+        match &self.removes {
+            Removes::Tags(tags) => tags,
+            Removes::AllTags => &[],
+        }
+    }
+
+    pub(crate) fn all_tags(&self) -> bool {
+        self.removes == Removes::AllTags
+    }
+
+    /// The tags in API-sized parts of at most [`MAX_TAGS_PER_ENTRY`]
+    /// (none for a remove-all job, which travels as one account).
     pub(crate) fn parts(&self) -> impl Iterator<Item = &[String]> {
-        self.tags.chunks(MAX_TAGS_PER_ENTRY)
+        self.tags().chunks(MAX_TAGS_PER_ENTRY)
     }
 }
 
@@ -64,6 +88,8 @@ pub(crate) struct InvalidJob {
     pub account: Option<String>,
     /// The tags that could be read (possibly none).
     pub tags: Vec<String>,
+    /// The body said `"all_tags": true` (kept for the row, valid or not).
+    pub all_tags: bool,
     /// Which rule was broken, in words.
     pub reason: String,
 }
@@ -75,7 +101,7 @@ pub(crate) fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, Invali
         None => (uuid::Uuid::new_v4().to_string(), IdSource::Assigned),
     };
     let invalid = |(id, id_source): (String, IdSource), account: Option<String>, tags: Vec<String>, reason: String| {
-        InvalidJob { id, id_source, account, tags, reason }
+        InvalidJob { id, id_source, account, tags, all_tags: false, reason }
     };
 
     if body.len() > MAX_BODY_BYTES {
@@ -127,21 +153,51 @@ pub(crate) fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, Invali
         Some(Value::String(a)) => (Ok(a.clone()), Some(a.clone())),
         Some(other) => (Err(format!("account must be a string, not {}", kind(other))), None),
     };
-    let tags = read_tags(object.get("tags"));
+    let removes = read_removes(object.get("all_tags"), object.get("tags"));
 
-    let readable_tags = match &tags {
-        Ok(tags) => tags.clone(),
-        Err((_, partial)) => partial.clone(),
+    let (readable_tags, all_tags) = match &removes {
+        Ok(Removes::Tags(tags)) => (tags.clone(), false),
+        Ok(Removes::AllTags) => (Vec::new(), true),
+        Err((_, partial, all_tags)) => (partial.clone(), *all_tags),
     };
     let (id, id_source) = id;
-    match (id_problem, message_id_problem, account, tags) {
-        (None, None, Ok(account), Ok(tags)) => Ok(Job { id, id_source, account, tags }),
-        (id_problem, message_id_problem, account, tags) => {
-            let reasons: Vec<String> = [id_problem, message_id_problem, account.err(), tags.err().map(|(r, _)| r)]
-                .into_iter()
-                .flatten()
-                .collect();
-            Err(invalid((id, id_source), readable_account, readable_tags, reasons.join("; ")))
+    match (id_problem, message_id_problem, account, removes) {
+        (None, None, Ok(account), Ok(removes)) => Ok(Job { id, id_source, account, removes }),
+        (id_problem, message_id_problem, account, removes) => {
+            let reasons: Vec<String> =
+                [id_problem, message_id_problem, account.err(), removes.err().map(|(r, _, _)| r)]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            let mut invalid = invalid((id, id_source), readable_account, readable_tags, reasons.join("; "));
+            invalid.all_tags = all_tags;
+            Err(invalid)
+        }
+    }
+}
+
+/// Reads `all_tags` and `tags` together (CONTRACT §8): `all_tags` absent,
+/// null or false means the tags are required; `true` means every tag, and
+/// then `tags` must be absent (or null). On error also returns the tags
+/// that were readable and whether the body asked for every tag.
+fn read_removes(all_tags: Option<&Value>, tags: Option<&Value>) -> Result<Removes, (String, Vec<String>, bool)> {
+    let given_tags = tags.filter(|t| !t.is_null());
+    match all_tags {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {
+            read_tags(tags).map(Removes::Tags).map_err(|(reason, partial)| (reason, partial, false))
+        }
+        Some(Value::Bool(true)) => match given_tags {
+            None => Ok(Removes::AllTags),
+            // A producer that sends both has a bug: which did it mean?
+            // Neither is guessed; the job is refused whole.
+            Some(tags) => {
+                let readable = read_tags(Some(tags)).unwrap_or_else(|(_, partial)| partial);
+                Err(("a job with \"all_tags\": true must not carry tags".to_owned(), readable, true))
+            }
+        },
+        Some(other) => {
+            let readable = read_tags(tags).unwrap_or_else(|(_, partial)| partial);
+            Err((format!("all_tags must be a boolean, not {}", kind(other)), readable, false))
         }
     }
 }
@@ -209,158 +265,4 @@ fn kind(value: &Value) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ok(body: &str) -> Job {
-        parse(body.as_bytes(), None).expect("valid")
-    }
-
-    fn reason(body: &[u8]) -> String {
-        parse(body, Some("m-1")).expect_err("invalid").reason
-    }
-
-    #[test]
-    fn reads_the_contract_example() {
-        let job = ok(r#"{"job_id": "evt-8f2c-0001", "account": "xiaojun012", "tags": ["a", "b"], "extra": 1}"#);
-        assert_eq!(job.id, "evt-8f2c-0001");
-        assert_eq!(job.id_source, IdSource::Body);
-        assert_eq!(job.account, "xiaojun012");
-        assert_eq!(job.tags, ["a", "b"]);
-    }
-
-    #[test]
-    fn id_falls_back_to_message_id_then_uuid() {
-        let body = br#"{"account": "u", "tags": ["a"]}"#;
-        let job = parse(body, Some("m-7")).unwrap();
-        assert_eq!((job.id.as_str(), job.id_source), ("m-7", IdSource::MessageId));
-        let job = parse(body, None).unwrap();
-        assert_eq!(job.id_source, IdSource::Assigned);
-        assert!(uuid::Uuid::parse_str(&job.id).is_ok());
-    }
-
-    #[test]
-    fn duplicate_tags_collapse_before_counting() {
-        let tags: Vec<String> = (0..150).map(|i| format!("t{}", i % 100)).collect();
-        let body = serde_json::json!({"account": "u", "tags": tags}).to_string();
-        assert_eq!(ok(&body).tags.len(), 100);
-        let job = ok(r#"{"account": "u", "tags": ["a", "b", "a"]}"#);
-        assert_eq!(job.tags, ["a", "b"]);
-    }
-
-    #[test]
-    fn parts_hold_at_most_ten_tags() {
-        let tags: Vec<String> = (0..25).map(|i| format!("t{i}")).collect();
-        let job = ok(&serde_json::json!({"account": "u", "tags": tags}).to_string());
-        let sizes: Vec<usize> = job.parts().map(<[String]>::len).collect();
-        assert_eq!(sizes, [10, 10, 5]);
-    }
-
-    #[test]
-    fn every_broken_rule_is_named() {
-        assert!(reason(b"\xff\xfe").contains("not UTF-8"));
-        assert!(reason(b"{nope").contains("not JSON"));
-        assert!(reason(b"[1]").contains("must be a JSON object"));
-        assert!(reason(br#"{"tags": ["a"]}"#).contains("account is required"));
-        assert!(reason(br#"{"account": "", "tags": ["a"]}"#).contains("account must not be empty"));
-        assert!(reason(br#"{"account": 12, "tags": ["a"]}"#).contains("account must be a string"));
-        let long = "x".repeat(33);
-        assert!(reason(format!(r#"{{"account": "{long}", "tags": ["a"]}}"#).as_bytes()).contains("at most 32"));
-        assert!(reason(br#"{"account": "u"}"#).contains("tags is required"));
-        assert!(reason(br#"{"account": "u", "tags": []}"#).contains("at least one tag"));
-        assert!(reason(br#"{"account": "u", "tags": "a"}"#).contains("must be an array"));
-        assert!(reason(br#"{"account": "u", "tags": ["a", 3]}"#).contains("tags[1] must be a string"));
-        assert!(reason(br#"{"account": "u", "tags": [""]}"#).contains("tags[0] is empty"));
-        let tag = "t".repeat(51);
-        assert!(reason(format!(r#"{{"account": "u", "tags": ["{tag}"]}}"#).as_bytes()).contains("at most 50"));
-        let many: Vec<String> = (0..101).map(|i| format!("t{i}")).collect();
-        let body = serde_json::json!({"account": "u", "tags": many}).to_string();
-        assert!(reason(body.as_bytes()).contains("101 distinct tags"));
-        assert!(reason(br#"{"job_id": "", "account": "u", "tags": ["a"]}"#).contains("job_id must not be empty"));
-        let id = "j".repeat(129);
-        assert!(
-            reason(format!(r#"{{"job_id": "{id}", "account": "u", "tags": ["a"]}}"#).as_bytes())
-                .contains("job_id is 129")
-        );
-        assert!(reason(br#"{"job_id": 5, "account": "u", "tags": ["a"]}"#).contains("job_id must be a string"));
-    }
-
-    #[test]
-    fn oversized_body_is_refused_unread_under_the_message_id() {
-        let mut body = br#"{"account": "u", "tags": ["a"], "pad": ""#.to_vec();
-        body.resize(MAX_BODY_BYTES + 1, b'x');
-        let invalid = parse(&body, Some("m-big")).unwrap_err();
-        assert_eq!(invalid.id, "m-big");
-        assert!(invalid.reason.contains("65537 bytes"));
-    }
-
-    proptest::proptest! {
-        /// Whatever arrives, parsing answers (valid or invalid) and never panics.
-        #[test]
-        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
-            let _ = parse(&body, None);
-        }
-
-        /// JSON of the right shape but any content is judged by the rules alone.
-        #[test]
-        fn arbitrary_jobs_are_judged_by_the_rules(
-            id in proptest::option::of(".{0,140}"),
-            account in ".{0,40}",
-            tags in proptest::collection::vec(".{0,60}", 0..120),
-        ) {
-            let body = serde_json::json!({"job_id": id, "account": account, "tags": tags}).to_string();
-            match parse(body.as_bytes(), None) {
-                Ok(job) => {
-                    proptest::prop_assert!((1..=MAX_ACCOUNT_BYTES).contains(&job.account.len()));
-                    proptest::prop_assert!((1..=MAX_TAGS_PER_JOB).contains(&job.tags.len()));
-                    proptest::prop_assert!(job.tags.iter().all(|t| (1..=MAX_TAG_BYTES).contains(&t.len())));
-                    proptest::prop_assert!((1..=MAX_JOB_ID_BYTES).contains(&job.id.len()));
-                }
-                Err(invalid) => proptest::prop_assert!(!invalid.reason.is_empty()),
-            }
-        }
-    }
-
-    #[test]
-    fn invalid_job_keeps_what_could_be_read() {
-        let invalid = parse(br#"{"job_id": "j1", "account": "u", "tags": ["ok", ""]}"#, None).unwrap_err();
-        assert_eq!(invalid.id, "j1");
-        assert_eq!(invalid.account.as_deref(), Some("u"));
-        assert_eq!(invalid.tags, ["ok"]);
-    }
-
-    /// PostgreSQL's text refuses U+0000 anywhere; a job carrying one must be
-    /// invalid (never retried against the table) and keep a stable id.
-    #[test]
-    fn a_nul_character_in_any_field_makes_the_job_invalid_with_a_stable_escaped_id() {
-        let bodies = [
-            (r#"{"job_id":"x\u0000y","account":"a","tags":["t"]}"#, "job_id"),
-            (r#"{"job_id":"j","account":"a\u0000b","tags":["t"]}"#, "account"),
-            (r#"{"job_id":"j","account":"a","tags":["ok","t\u0000"]}"#, "tags[1]"),
-        ];
-        for (body, field) in bodies {
-            let first = parse(body.as_bytes(), None).expect_err(body);
-            let again = parse(body.as_bytes(), None).expect_err(body);
-            assert!(first.reason.contains(&format!("{field} holds U+0000")), "{body}: {}", first.reason);
-            assert_eq!(first.id, again.id, "a redelivery maps to the same row");
-            assert_eq!(first.id_source, IdSource::Body);
-            assert!(!first.id.contains('\0') && first.account.iter().chain(&first.tags).all(|t| !t.contains('\0')));
-        }
-        let invalid = parse(br#"{"job_id":"x\u0000y","account":"a\u0000","tags":["t\u0000"]}"#, None).unwrap_err();
-        assert_eq!(invalid.id, r"x\u0000y");
-        assert_eq!(invalid.account.as_deref(), Some(r"a\u0000"));
-        assert_eq!(invalid.tags, [r"t\u0000"]);
-    }
-
-    #[test]
-    fn a_nul_in_the_message_id_property_makes_the_job_invalid() {
-        let body = br#"{"account":"a","tags":["t"]}"#;
-        let invalid = parse(body, Some("m\0id")).unwrap_err();
-        assert_eq!(invalid.id, r"m\u0000id");
-        assert_eq!(invalid.id_source, IdSource::MessageId);
-        assert!(invalid.reason.contains("message_id holds U+0000"));
-        // Even when the body names the job, the property is part of the message.
-        let invalid = parse(br#"{"job_id":"j","account":"a","tags":["t"]}"#, Some("\0")).unwrap_err();
-        assert_eq!(invalid.id, "j");
-    }
-}
+mod tests;

@@ -7,7 +7,7 @@
 //! unknown keys); valid bodies truncated; valid bodies with mutated bytes;
 //! each with a hostile `message_id` now and then. Nothing may panic, and
 //! every answer must be the oracle's: a valid job meeting every rule (its
-//! fields re-read from the body), or an invalid one with a reason and
+//! fields re-read from the body; remove-all jobs too), or an invalid one with a reason and
 //! nothing PostgreSQL cannot store.
 //!
 //! `cargo test --lib job_fuzz` runs 20,000 cases; the 1,000,000-case run is
@@ -91,6 +91,22 @@ fn shaped(rng: &mut StdRng, hostile: bool) -> String {
     if rng.random_bool(0.2) {
         object.insert(["extra", "Account", "TAGS", "job-id"][rng.random_range(0..4)].into(), hostile_value(rng, 0));
     }
+    // Remove-all jobs (CONTRACT §8): `all_tags` true without tags is valid.
+    match rng.random_range(0..10) {
+        0 => {
+            object.insert("all_tags".into(), json!(true));
+            if rng.random_bool(0.7) {
+                object.remove("tags");
+            }
+        }
+        1 => {
+            object.insert("all_tags".into(), json!(false));
+        }
+        2 if hostile => {
+            object.insert("all_tags".into(), hostile_value(rng, 0));
+        }
+        _ => {}
+    }
     let mut body = Value::Object(object).to_string();
     match rng.random_range(0..20) {
         // Escapes serde_json's writer never makes: a lone surrogate, a NUL.
@@ -167,7 +183,12 @@ fn oracle(body: &[u8], message_id: Option<&str>) -> bool {
         }
         _ => false,
     };
-    id_ok && account_ok && tags_ok
+    let removes_ok = match object.get("all_tags") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => tags_ok,
+        Some(Value::Bool(true)) => object.get("tags").is_none_or(Value::is_null),
+        Some(_) => false,
+    };
+    id_ok && account_ok && removes_ok
 }
 
 /// Parses one message and checks the answer; panics naming the case.
@@ -179,16 +200,15 @@ fn check(body: &[u8], message_id: Option<&str>) {
             assert!(expected, "accepted an invalid job: {}", case());
             let object = serde_json::from_slice::<Value>(body).expect("a valid job is JSON");
             assert_eq!(Some(job.account.as_str()), object["account"].as_str(), "{}", case());
-            let mut seen = std::collections::HashSet::new();
-            let tags: Vec<&str> = object["tags"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(Value::as_str)
-                .filter(|t| seen.insert(*t))
-                .collect();
-            assert_eq!(job.tags, tags, "tags are the body's, duplicates collapsed in order: {}", case());
-            assert!((1..=MAX_TAGS_PER_JOB).contains(&job.tags.len()));
+            if object["all_tags"] == json!(true) {
+                assert!(job.all_tags() && job.tags().is_empty(), "a remove-all job: {}", case());
+            } else {
+                let mut seen = std::collections::HashSet::new();
+                let items = object["tags"].as_array().unwrap();
+                let tags: Vec<&str> = items.iter().filter_map(Value::as_str).filter(|t| seen.insert(*t)).collect();
+                assert_eq!(job.tags(), tags, "tags are the body's, duplicates collapsed in order: {}", case());
+                assert!(!job.all_tags() && (1..=MAX_TAGS_PER_JOB).contains(&job.tags().len()));
+            }
             assert!((1..=MAX_JOB_ID_BYTES).contains(&job.id.len()) && !job.id.contains('\0'), "{}", case());
             match job.id_source {
                 IdSource::Body => assert_eq!(Some(job.id.as_str()), object["job_id"].as_str()),

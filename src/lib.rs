@@ -41,8 +41,8 @@ mod telemetry;
 pub mod usersig;
 pub mod worker;
 
-pub use api::{ApiClient, ApiFamily, CallError, CallReport, ClientSettings, Failure, Region};
-pub use batch::{BatchSize, Entry, PartId};
+pub use api::{ApiClient, ApiFamily, CallError, CallReport, ClientSettings, Failure, Region, UserFailure};
+pub use batch::{Batch, BatchSize, Entry, Kind, PartId, Removal};
 pub use connect::ConnectError;
 pub use ops::{OpsError, with_database};
 pub use telemetry::LogFormat;

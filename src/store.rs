@@ -56,6 +56,8 @@ pub struct JobRow {
     pub job_id: String,
     pub account: Option<String>,
     pub tags: Vec<String>,
+    /// A remove-all job (CONTRACT §8): `tags` is then empty.
+    pub all_tags: bool,
     pub status: &'static str,
     pub attempts: i32,
     pub error_code: Option<i32>,
@@ -109,16 +111,18 @@ WITH calls AS (
 )
 INSERT INTO tag_removal_jobs
     (job_id, account, tags, status, attempts, error_code, error_info, received_at, finished_at, last_call_id,
-     sdkappid, call_ids)
+     sdkappid, call_ids, all_tags)
 SELECT j.job_id, j.account, ARRAY(SELECT jsonb_array_elements_text(j.tags)), j.status, j.attempts,
        j.error_code, j.error_info, j.received_at, j.finished_at, j.last_call_id, $3,
-       ARRAY(SELECT jsonb_array_elements_text(j.call_ids)::uuid)
+       ARRAY(SELECT jsonb_array_elements_text(j.call_ids)::uuid), j.all_tags
 FROM jsonb_to_recordset($2::jsonb) AS j(
     job_id text, account text, tags jsonb, status text, attempts int, error_code int,
-    error_info text, received_at timestamptz, finished_at timestamptz, last_call_id uuid, call_ids jsonb)
+    error_info text, received_at timestamptz, finished_at timestamptz, last_call_id uuid, call_ids jsonb,
+    all_tags boolean)
 ON CONFLICT (job_id) DO UPDATE SET
     account      = EXCLUDED.account,
     tags         = EXCLUDED.tags,
+    all_tags     = EXCLUDED.all_tags,
     status       = EXCLUDED.status,
     attempts     = EXCLUDED.attempts,
     error_code   = EXCLUDED.error_code,

@@ -1,6 +1,7 @@
 //! What each answer means: the classification of Tencent's error codes and
 //! HTTP statuses into what the worker does next (retry, re-sign, stop, or
-//! find the job at fault), after `tencent-im-remove-tag.md` ("Error codes").
+//! find the job at fault), after `tencent-im-remove-tag.md` ("Error codes"),
+//! and the Push plugin's per-user `ErrorList` (CONTRACT §8).
 
 use serde::{Deserialize, Serialize};
 
@@ -120,6 +121,14 @@ pub(super) fn classify_http_status(status: u16, body_excerpt: &str) -> CallError
     }
 }
 
+/// One user the answer says failed on its own (an `ErrorList` item).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserFailure {
+    pub account: String,
+    /// What to do about this user, by its own code.
+    pub error: CallError,
+}
+
 /// The answer's body on HTTP 200.
 #[derive(Debug, Deserialize)]
 struct Answer {
@@ -129,6 +138,45 @@ struct Answer {
     error_code: i64,
     #[serde(rename = "ErrorInfo", default)]
     error_info: String,
+    /// The Push plugin's per-user failures. Read from either family: whether
+    /// the old one ever sends it is not documented.
+    #[serde(rename = "ErrorList", default)]
+    error_list: Option<Vec<ListedUser>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListedUser {
+    #[serde(rename = "To_Account")]
+    to_account: String,
+    #[serde(rename = "ErrorCode", default)]
+    error_code: i64,
+    #[serde(rename = "ErrorInfo", default)]
+    error_info: String,
+}
+
+/// What an HTTP 200 answer says: the call's own outcome, and the users that
+/// failed on their own. A call can succeed (ErrorCode 0) with some users
+/// listed; the users not listed succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Interpreted {
+    pub(super) outcome: Result<(), CallError>,
+    pub(super) failed_users: Vec<UserFailure>,
+}
+
+impl Interpreted {
+    fn whole(outcome: Result<(), CallError>) -> Self {
+        Interpreted { outcome, failed_users: Vec::new() }
+    }
+}
+
+/// A code and text from the server, fit for a row and a header.
+fn failure_of(code: i64, info: &str) -> Failure {
+    Failure {
+        error_code: i32::try_from(code).unwrap_or(i32::MAX),
+        // Whatever the server says ends up in a row: PostgreSQL's text
+        // cannot hold U+0000.
+        error_info: bounded(&crate::job::escape_nul(info)),
+    }
 }
 
 /// The most of a server's text kept as `error_info` (and so in the row and
@@ -147,27 +195,48 @@ pub(crate) fn bounded(text: &str) -> String {
     format!("{}… ({} bytes)", &text[..cut], text.len())
 }
 
-/// Turns an HTTP 200 body into an outcome.
-pub(super) fn interpret(body: &[u8]) -> Result<(), CallError> {
-    match serde_json::from_slice::<Answer>(body) {
-        Ok(answer) if answer.error_code == 0 && answer.action_status == "OK" => Ok(()),
-        Ok(answer) if answer.error_code == 0 => Err(CallError::Transient(Failure {
-            error_code: 200,
-            error_info: format!("ActionStatus {:?} with ErrorCode 0: {}", answer.action_status, answer.error_info),
-        })),
-        Ok(answer) => Err(classify_error_code(Failure {
-            error_code: i32::try_from(answer.error_code).unwrap_or(i32::MAX),
-            // Whatever the server says ends up in a row: PostgreSQL's text
-            // cannot hold U+0000.
-            error_info: bounded(&crate::job::escape_nul(&answer.error_info)),
-        })),
+/// Turns an HTTP 200 body into an outcome and its per-user failures.
+///
+/// An `ErrorList` item with ErrorCode 0 is a success. An account listed
+/// twice keeps its first item. The list is kept with a failed call too
+/// (ActionStatus FAIL): it names the users at fault, which spares the
+/// worker a bisection to find them.
+pub(super) fn interpret(body: &[u8]) -> Interpreted {
+    let answer = match serde_json::from_slice::<Answer>(body) {
+        Ok(answer) => answer,
         // A proxy's error page or a truncated answer: the request may not
         // have reached Tencent at all, so it is worth another try.
-        Err(_) => Err(CallError::Transient(Failure {
+        Err(_) => {
+            return Interpreted::whole(Err(CallError::Transient(Failure {
+                error_code: 200,
+                error_info: format!("HTTP 200 with a body that is not the API's JSON: {}", excerpt(body)),
+            })));
+        }
+    };
+    let outcome = match answer.error_code {
+        0 if answer.action_status == "OK" => Ok(()),
+        0 => Err(CallError::Transient(Failure {
             error_code: 200,
-            error_info: format!("HTTP 200 with a body that is not the API's JSON: {}", excerpt(body)),
+            error_info: format!(
+                "ActionStatus {:?} with ErrorCode 0: {}",
+                crate::job::escape_nul(&answer.action_status),
+                failure_of(0, &answer.error_info).error_info
+            ),
         })),
-    }
+        code => Err(classify_error_code(failure_of(code, &answer.error_info))),
+    };
+    let mut seen = std::collections::HashSet::new();
+    let failed_users = answer
+        .error_list
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|user| user.error_code != 0 && seen.insert(user.to_account.clone()))
+        .map(|user| UserFailure {
+            error: classify_error_code(failure_of(user.error_code, &user.error_info)),
+            account: user.to_account,
+        })
+        .collect();
+    Interpreted { outcome, failed_users }
 }
 
 pub(super) fn excerpt(body: &[u8]) -> String {
@@ -217,19 +286,69 @@ mod tests {
         assert_eq!(classify_http_status(502, "").failure().error_code, 502);
     }
 
+    fn outcome(body: &[u8]) -> Result<(), CallError> {
+        interpret(body).outcome
+    }
+
     #[test]
     fn answers() {
-        assert_eq!(interpret(br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#), Ok(()));
-        let err = interpret(br#"{"ActionStatus":"FAIL","ErrorInfo":"busy","ErrorCode":91000}"#).unwrap_err();
+        assert_eq!(outcome(br#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#), Ok(()));
+        let err = outcome(br#"{"ActionStatus":"FAIL","ErrorInfo":"busy","ErrorCode":91000}"#).unwrap_err();
         assert_eq!(err, CallError::Transient(Failure { error_code: 91000, error_info: "busy".into() }));
-        assert_eq!(interpret(b"<html>bad gateway</html>").unwrap_err().class(), "transient");
+        assert_eq!(outcome(b"<html>bad gateway</html>").unwrap_err().class(), "transient");
         // A server (or proxy) text with U+0000 must still fit in a row.
-        let err = interpret(br#"{"ActionStatus":"FAIL","ErrorInfo":"no\u0000such","ErrorCode":70107}"#).unwrap_err();
+        let err = outcome(br#"{"ActionStatus":"FAIL","ErrorInfo":"no\u0000such","ErrorCode":70107}"#).unwrap_err();
         assert_eq!(err.failure().error_info, r"no\u0000such");
-        assert!(!interpret(b"\0\0 not json").unwrap_err().failure().error_info.contains('\0'));
+        assert!(!outcome(b"\0\0 not json").unwrap_err().failure().error_info.contains('\0'));
         // A server's text is kept to a size a header and a row can carry.
         let long = format!(r#"{{"ActionStatus":"FAIL","ErrorInfo":"{}","ErrorCode":70107}}"#, "é".repeat(5000));
-        let info = interpret(long.as_bytes()).unwrap_err().failure().error_info.clone();
+        let info = outcome(long.as_bytes()).unwrap_err().failure().error_info.clone();
         assert!(info.len() < MAX_ERROR_INFO_BYTES + 30 && info.ends_with("(10000 bytes)"), "{}", info.len());
+    }
+
+    #[test]
+    fn an_error_list_names_each_user_with_its_own_class() {
+        // The example of cloud.tencent.com 269/100643, and a second user.
+        let answer = interpret(
+            br#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"",
+                 "ErrorList":[{"To_Account":"u2","ErrorCode":70107,"ErrorInfo":"no such user"},
+                              {"To_Account":"u3","ErrorCode":91000,"ErrorInfo":"busy"},
+                              {"To_Account":"u4","ErrorCode":0,"ErrorInfo":""},
+                              {"To_Account":"u2","ErrorCode":91000,"ErrorInfo":"again"}]}"#,
+        );
+        assert_eq!(answer.outcome, Ok(()), "the call itself succeeded");
+        let users: Vec<(&str, &str, i32)> = answer
+            .failed_users
+            .iter()
+            .map(|u| (u.account.as_str(), u.error.class(), u.error.failure().error_code))
+            .collect();
+        assert_eq!(users, [("u2", "permanent", 70107), ("u3", "transient", 91000)], "0 is success; first item wins");
+        assert_eq!(answer.failed_users[0].error.failure().error_info, "no such user");
+    }
+
+    #[test]
+    fn an_error_list_is_bounded_read_from_a_failed_call_and_optional() {
+        let long = "x".repeat(3 * MAX_ERROR_INFO_BYTES);
+        let body = format!(
+            r#"{{"ActionStatus":"FAIL","ErrorCode":70107,"ErrorInfo":"some failed",
+                "ErrorList":[{{"To_Account":"u1","ErrorCode":70107,"ErrorInfo":"{long}\u0000"}},
+                             {{"To_Account":"u9","ErrorCode":90009}}]}}"#
+        );
+        let answer = interpret(body.as_bytes());
+        assert_eq!(answer.outcome.unwrap_err().class(), "permanent");
+        let info = &answer.failed_users[0].error.failure().error_info;
+        assert!(info.len() < MAX_ERROR_INFO_BYTES + 30 && !info.contains('\0'), "{}", info.len());
+        assert_eq!(answer.failed_users[1].error.class(), "credential", "an item without ErrorInfo still counts");
+        // No list, an empty list, or null: nobody failed alone.
+        for body in [
+            r#"{"ActionStatus":"OK","ErrorCode":0}"#,
+            r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorList":[]}"#,
+            r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorList":null}"#,
+        ] {
+            assert_eq!(interpret(body.as_bytes()), Interpreted::whole(Ok(())), "{body}");
+        }
+        // A list of the wrong shape makes the answer unreadable: worth another try.
+        let odd = interpret(br#"{"ActionStatus":"OK","ErrorCode":0,"ErrorList":[{"To_Account":5}]}"#);
+        assert_eq!(odd.outcome.unwrap_err().class(), "transient");
     }
 }

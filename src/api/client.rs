@@ -1,7 +1,8 @@
-//! The HTTP client: builds the request (URL query with a fresh `random`
-//! and the current UserSig), sends it, fails over to the backup domain, and
-//! reports what happened. Errors are rendered `without_url()`: the query
-//! carries the UserSig.
+//! The HTTP client: builds the request (the app's API family and the
+//! batch's kind choose the path; URL query with a fresh `random` and the
+//! current UserSig), sends it, fails over to the backup domain, and reports
+//! what happened. Errors are rendered `without_url()`: the query carries
+//! the UserSig.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,9 +11,9 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
-use super::REMOVE_TAG_PATH;
-use super::answer::{CallError, Failure, classify_http_status, excerpt, interpret};
-use crate::batch::Entry;
+use super::ApiFamily;
+use super::answer::{CallError, Failure, Interpreted, UserFailure, classify_http_status, excerpt, interpret};
+use crate::batch::{Batch, Kind, Removal};
 use crate::usersig::Signer;
 
 /// One `UserTags` entry as the API wants it.
@@ -24,10 +25,34 @@ struct UserTags<'a> {
     tags: &'a [String],
 }
 
+/// The two bodies (tencent-im-remove-tag.md, "The sibling calls").
 #[derive(Debug, Serialize)]
-struct RemoveTagRequest<'a> {
+enum RemoveRequest<'a> {
+    /// Some tags of each user.
     #[serde(rename = "UserTags")]
-    user_tags: Vec<UserTags<'a>>,
+    UserTags(Vec<UserTags<'a>>),
+    /// Every tag of each user.
+    #[serde(rename = "To_Account")]
+    Accounts(Vec<&'a str>),
+}
+
+impl<'a> RemoveRequest<'a> {
+    fn of(batch: &'a Batch) -> Self {
+        let entries = batch.entries();
+        match batch.kind() {
+            // A batch holds one kind only, so nothing is filtered out here.
+            Kind::Tags => RemoveRequest::UserTags(
+                entries
+                    .iter()
+                    .filter_map(|e| match &e.removal {
+                        Removal::Tags(tags) => Some(UserTags { to_account: &e.account, tags }),
+                        Removal::AllTags => None,
+                    })
+                    .collect(),
+            ),
+            Kind::AllTags => RemoveRequest::Accounts(entries.iter().map(|e| &*e.account).collect()),
+        }
+    }
 }
 
 /// What one HTTP call did, for the call table and the retry loop.
@@ -36,7 +61,11 @@ pub struct CallReport {
     pub started_at: DateTime<Utc>,
     pub latency: Duration,
     pub http_status: Option<u16>,
+    /// The call as a whole. `Ok` may still hold users that failed alone.
     pub outcome: Result<(), CallError>,
+    /// Users the answer's `ErrorList` names (the Push plugin's per-user
+    /// failures, CONTRACT §8); the others succeeded when `outcome` is `Ok`.
+    pub failed_users: Vec<UserFailure>,
 }
 
 /// Settings of the client; the base URL is scheme://host[:port], no path.
@@ -72,8 +101,9 @@ impl ClientSettings {
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
-    /// Primary and optional backup URL of the endpoint.
+    /// Primary and optional backup base URL (no trailing slash).
     urls: Arc<[String]>,
+    family: ApiFamily,
     /// Which of `urls` is in use, and since when.
     active: Arc<std::sync::Mutex<(usize, Instant)>>,
     failback_after: Duration,
@@ -90,12 +120,14 @@ impl ApiClient {
             .pool_max_idle_per_host(256)
             .user_agent(concat!("tagsweep/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let url = |base: &str| format!("{}{REMOVE_TAG_PATH}", base.trim_end_matches('/'));
-        let urls: Vec<String> =
-            std::iter::once(&settings.base_url).chain(&settings.backup_url).map(|b| url(b)).collect();
+        let urls: Vec<String> = std::iter::once(&settings.base_url)
+            .chain(&settings.backup_url)
+            .map(|base| base.trim_end_matches('/').to_owned())
+            .collect();
         Ok(ApiClient {
             http,
             urls: urls.into(),
+            family: settings.family,
             active: Arc::new(std::sync::Mutex::new((0, Instant::now()))),
             failback_after: settings.failback_after,
             sdkappid: settings.sdkappid.to_string(),
@@ -139,17 +171,30 @@ impl ApiClient {
         }
     }
 
-    /// Sends one `im_remove_tag` request for these entries. Never fails:
-    /// every way a call can go wrong is an outcome in the report.
-    pub async fn remove_tags(&self, entries: &[Entry]) -> CallReport {
-        let body = RemoveTagRequest {
-            user_tags: entries.iter().map(|e| UserTags { to_account: &e.account, tags: &e.tags }).collect(),
-        };
+    /// The app's API family.
+    pub fn family(&self) -> ApiFamily {
+        self.family
+    }
+
+    /// The path a batch of this kind is sent to.
+    pub fn path(&self, kind: Kind) -> &'static str {
+        match kind {
+            Kind::Tags => self.family.remove_tag_path(),
+            Kind::AllTags => self.family.remove_all_path(),
+        }
+    }
+
+    /// Sends one request for this batch: some tags or every tag of its
+    /// users, by its kind, on the app's API family. Never fails: every way
+    /// a call can go wrong is an outcome in the report.
+    pub async fn remove(&self, batch: &Batch) -> CallReport {
+        let body = RemoveRequest::of(batch);
         let usersig = self.signer.current();
         let random = rand::random::<u32>().to_string();
         let started_at = Utc::now();
         let clock = Instant::now();
-        let (endpoint, url) = self.current_url();
+        let (endpoint, base) = self.current_url();
+        let url = format!("{base}{}", self.path(batch.kind()));
         let sent = self
             .http
             .post(url)
@@ -163,30 +208,37 @@ impl ApiClient {
             .json(&body)
             .send()
             .await;
-        let (http_status, outcome) = match sent {
+        let whole = |outcome| Interpreted { outcome, failed_users: Vec::new() };
+        let (http_status, answer) = match sent {
             Err(e) => {
                 if e.is_connect() {
                     self.fail_over_from(endpoint);
                 }
-                (None, Err(CallError::Transient(network_failure(e))))
+                (None, whole(Err(CallError::Transient(network_failure(e)))))
             }
             Ok(response) => {
                 let status = response.status().as_u16();
-                let outcome = match read_capped(response).await {
-                    Err(e) => Err(CallError::Transient(network_failure(e))),
-                    Ok(None) => Err(CallError::Transient(Failure {
+                let answer = match read_capped(response).await {
+                    Err(e) => whole(Err(CallError::Transient(network_failure(e)))),
+                    Ok(None) => whole(Err(CallError::Transient(Failure {
                         error_code: i32::from(status),
                         error_info: format!(
                             "HTTP {status} with an answer over {MAX_ANSWER_BYTES} bytes (not the API's)"
                         ),
-                    })),
+                    }))),
                     Ok(Some(bytes)) if status == 200 => interpret(&bytes),
-                    Ok(Some(bytes)) => Err(classify_http_status(status, &excerpt(&bytes))),
+                    Ok(Some(bytes)) => whole(Err(classify_http_status(status, &excerpt(&bytes)))),
                 };
-                (Some(status), outcome)
+                (Some(status), answer)
             }
         };
-        CallReport { started_at, latency: clock.elapsed(), http_status, outcome }
+        CallReport {
+            started_at,
+            latency: clock.elapsed(),
+            http_status,
+            outcome: answer.outcome,
+            failed_users: answer.failed_users,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! The Tencent Cloud Chat REST client for `im_remove_tag`, and the
-//! classification of its answers.
+//! The Tencent Cloud Chat REST client for the tag calls (`im_remove_tag`,
+//! `im_remove_all_tags` and the Push plugin's two), and the classification
+//! of their answers, per call and, from an `ErrorList`, per user.
 //!
 //! Every answer becomes a [`CallReport`] whose outcome is either `Ok` or a
 //! [`CallError`] that says what the worker should do about it: retry
@@ -16,9 +17,7 @@ mod client;
 mod family;
 mod region;
 
-pub use answer::{CallError, Failure};
+pub use answer::{CallError, Failure, UserFailure};
 pub use client::{ApiClient, CallReport, ClientSettings};
 pub use family::ApiFamily;
 pub use region::Region;
-
-pub(crate) const REMOVE_TAG_PATH: &str = "/v4/all_member_push/im_remove_tag";

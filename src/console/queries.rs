@@ -200,7 +200,7 @@ pub struct JobStory {
 
 pub async fn job(pool: &PgPool, job_id: &str) -> Result<Option<JobStory>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT job_id, account, tags, status, attempts, error_code, error_info, received_at, finished_at,
+        "SELECT job_id, account, tags, all_tags, status, attempts, error_code, error_info, received_at, finished_at,
                 last_call_id, call_ids, replay_count, replayed_at, previous_error_code, previous_error_info, sdkappid
          FROM tag_removal_jobs WHERE job_id = $1",
     )

@@ -42,6 +42,8 @@ pub struct JobRecord {
     pub job_id: String,
     pub account: Option<String>,
     pub tags: Vec<String>,
+    /// A remove-all job (CONTRACT §8): every tag of the account, `tags` empty.
+    pub all_tags: bool,
     pub status: String,
     pub attempts: i32,
     pub error_code: Option<i32>,
@@ -102,7 +104,7 @@ pub(crate) async fn require_job_table(pool: &PgPool) -> Result<(), OpsError> {
 pub(crate) async fn list(pool: &PgPool, q: &JobQuery) -> Result<Vec<JobRecord>, OpsError> {
     require_job_table(pool).await?;
     let mut query = QueryBuilder::new(
-        "SELECT job_id, account, tags, status, attempts, error_code, error_info, received_at, finished_at, replay_count, \
+        "SELECT job_id, account, tags, all_tags, status, attempts, error_code, error_info, received_at, finished_at, replay_count, \
          replayed_at, previous_error_code, previous_error_info FROM tag_removal_jobs",
     );
     filters(&mut query, q);
@@ -200,7 +202,7 @@ pub(crate) fn render_jobs(rows: &[JobRecord]) -> String {
         table.add_row([
             row.job_id.clone(),
             row.account.clone().unwrap_or_default(),
-            show_tags(&row.tags, 3),
+            if row.all_tags && row.tags.is_empty() { "(all tags)".to_owned() } else { show_tags(&row.tags, 3) },
             if row.replay_count > 0 {
                 format!("{} (replayed {})", row.status, row.replay_count)
             } else {

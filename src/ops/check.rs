@@ -18,7 +18,7 @@ use lapin::types::FieldTable;
 use sqlx::PgPool;
 
 use crate::api::{ApiClient, CallError};
-use crate::batch::{Entry, PartId};
+use crate::batch::{Batch, BatchSize, Entry, PartId, Removal};
 use crate::config::{Config, Credential};
 use crate::store::{Role, Store};
 use crate::usersig::Signer;
@@ -291,9 +291,10 @@ async fn credentials(config: &Config) -> Item {
     let entry = Entry {
         part: PartId { job: 0, index: 0 },
         account: Arc::from(PROBE_ACCOUNT),
-        tags: Arc::from([PROBE_TAG.to_owned()]),
+        removal: Removal::Tags(Arc::from([PROBE_TAG.to_owned()])),
     };
-    let report = api.remove_tags(std::slice::from_ref(&entry)).await;
+    let probe = Batch::of(BatchSize::MAX, [entry]).expect("one entry is a batch");
+    let report = api.remove(&probe).await;
     match report.outcome {
         Ok(()) => Item::pass(format!("{app}: credentials accepted (probe call answered 0)")),
         Err(CallError::Permanent(failure)) => {

@@ -89,7 +89,7 @@ pub(crate) async fn run(options: DemoOptions) -> Result<String, OpsError> {
     let work = workload(options.jobs);
     for (_, body) in &work {
         if let Ok(job) = crate::job::parse(body, None) {
-            sim.simulator.add_tags(&job.account, job.tags.iter().map(String::as_str));
+            sim.simulator.add_tags(&job.account, job.tags().iter().map(String::as_str));
         }
     }
 
@@ -218,7 +218,7 @@ mod tests {
         let multi = work
             .iter()
             .filter_map(|(_, body)| crate::job::parse(body, None).ok())
-            .filter(|job| job.tags.len() > 10)
+            .filter(|job| job.tags().len() > 10)
             .count();
         assert_eq!(multi, 400);
     }

@@ -139,7 +139,12 @@ fn read_jobs<'a>(
 
 /// The body the worker receives: the canonical job, always with its id.
 fn body_of(job: &Job) -> Vec<u8> {
-    serde_json::json!({"job_id": job.id, "account": job.account, "tags": job.tags}).to_string().into_bytes()
+    let body = if job.all_tags() {
+        serde_json::json!({"job_id": job.id, "account": job.account, "all_tags": true})
+    } else {
+        serde_json::json!({"job_id": job.id, "account": job.account, "tags": job.tags()})
+    };
+    body.to_string().into_bytes()
 }
 
 /// Opens the input, spooling stdin to a temporary file so it can be read twice.
@@ -269,7 +274,7 @@ mod tests {
         assert!(csv_fields(r#"a,"open"#).is_err());
         assert_eq!(jobs.len(), 3, "the blank line is skipped");
         assert_eq!(jobs[1].0, 3, "line numbers count blank lines");
-        assert_eq!(jobs[1].1.as_ref().unwrap().tags, ["a", "b,c"]);
+        assert_eq!(jobs[1].1.as_ref().unwrap().tags(), ["a", "b,c"]);
         assert_eq!(jobs[2].0, 4);
         assert!(jobs[2].1.as_ref().unwrap_err().contains("at least one tag"));
 

@@ -286,6 +286,7 @@ struct Row {
     account: Option<String>,
     tags: Vec<String>,
     status: String,
+    all_tags: bool,
     error_code: Option<i32>,
     error_info: Option<String>,
     replayed_at: Option<DateTime<Utc>>,
@@ -299,7 +300,14 @@ impl Row {
             return None;
         }
         let account = self.account.as_ref()?;
-        let body = serde_json::json!({"job_id": self.job_id, "account": account, "tags": self.tags}).to_string();
+        // A remove-all job goes back as one (CONTRACT §8): its row's `tags`
+        // is empty. A row that had both goes back as its tags.
+        let body = if self.all_tags && self.tags.is_empty() {
+            serde_json::json!({"job_id": self.job_id, "account": account, "all_tags": true})
+        } else {
+            serde_json::json!({"job_id": self.job_id, "account": account, "tags": self.tags})
+        }
+        .to_string();
         crate::job::parse(body.as_bytes(), None).ok().filter(|job| job.id == self.job_id).map(|_| body)
     }
 }
@@ -312,7 +320,7 @@ async fn from_table(
 ) -> Result<ReplayReport, OpsError> {
     let filter = &options.filter;
     let mut query = sqlx::QueryBuilder::new(
-        "SELECT job_id, account, tags, status, error_code, error_info, replayed_at FROM tag_removal_jobs WHERE status = ",
+        "SELECT job_id, account, tags, status, all_tags, error_code, error_info, replayed_at FROM tag_removal_jobs WHERE status = ",
     );
     query.push_bind(filter.status.clone().unwrap_or_else(|| crate::store::DEAD_LETTERED.to_owned()));
     if let Some(code) = filter.error_code {

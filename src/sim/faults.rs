@@ -26,6 +26,11 @@ pub struct Faults {
     /// alone with their code: the call answers ErrorCode 0 with them in an
     /// `ErrorList`, and the other users' tags are removed.
     pub error_list: BTreeMap<String, i64>,
+    /// Like `error_list`, for a while: the next Push plugin calls carrying
+    /// the account fail it alone with these codes, one per call, in order;
+    /// after them it goes through (e.g. `{"u2": [91000]}`: one transient
+    /// failure, then success).
+    pub error_list_next: BTreeMap<String, VecDeque<i64>>,
     /// Every call answers this ErrorCode (e.g. 90045, 70003) while set.
     pub always: Option<i64>,
     /// The next calls answer these codes, one each, in order (502 is HTTP 502).
@@ -85,6 +90,20 @@ impl Faults {
         None
     }
 
+    /// The code a Push plugin call answers for this user alone, if any;
+    /// takes one from `error_list_next`.
+    pub(super) fn user_failure(&mut self, account: &str) -> Option<i64> {
+        if let Some(code) = self.error_list.get(account) {
+            return Some(*code);
+        }
+        let queued = self.error_list_next.get_mut(account)?;
+        let code = queued.pop_front();
+        if queued.is_empty() {
+            self.error_list_next.remove(account);
+        }
+        code
+    }
+
     /// The injected failure for a request asking for these entries, if it
     /// holds a poisoned account or tag.
     pub(super) fn poisoned(&self, entries: &[Entry]) -> Option<Refusal> {
@@ -134,6 +153,20 @@ mod tests {
         let mut faults = Faults { next: VecDeque::from([91000, HTTP_502]), always: Some(70003), ..Faults::default() };
         assert_eq!([faults.draw(), faults.draw(), faults.draw()], [Some(91000), Some(HTTP_502), Some(70003)]);
         assert_eq!(Faults::default().draw(), None, "no fault set, none drawn");
+    }
+
+    #[test]
+    fn a_user_fails_alone_always_or_for_the_next_few_calls() {
+        let mut faults = Faults {
+            error_list: BTreeMap::from([("bad".to_owned(), 70107)]),
+            error_list_next: BTreeMap::from([("flaky".to_owned(), VecDeque::from([91000, 60007]))]),
+            ..Faults::default()
+        };
+        let draws: Vec<Option<i64>> = (0..3).map(|_| faults.user_failure("flaky")).collect();
+        assert_eq!(draws, [Some(91000), Some(60007), None]);
+        assert!(faults.error_list_next.is_empty(), "spent queues are dropped");
+        assert_eq!([faults.user_failure("bad"), faults.user_failure("bad")], [Some(70107), Some(70107)]);
+        assert_eq!(faults.user_failure("good"), None);
     }
 
     #[test]

@@ -119,8 +119,8 @@ impl Simulator {
 
     /// Removes the tags, unless a poisoned account or tag fails the request
     /// whole (the API's outcome covers the whole request). On the Push
-    /// plugin's calls, users with an `error_list` fault fail alone and are
-    /// returned; the others are applied.
+    /// plugin's calls, users with an `error_list` (or `error_list_next`)
+    /// fault fail alone and are returned; the others are applied.
     fn apply(&self, call: Call, entries: Vec<Entry>) -> Result<Vec<(String, i64)>, Refusal> {
         let mut ledger = self.ledger();
         if let Some(refusal) = ledger.faults.poisoned(&entries) {
@@ -128,7 +128,7 @@ impl Simulator {
         }
         let mut failed_users = Vec::new();
         for (account, tags) in entries {
-            let failure = ledger.faults.error_list.get(&account).copied().filter(|_| call.reports_per_user());
+            let failure = if call.reports_per_user() { ledger.faults.user_failure(&account) } else { None };
             if let Some(code) = failure {
                 failed_users.push((account, code));
             } else if call.removes_every_tag() {

@@ -19,7 +19,8 @@
 //!
 //! Outages can be rehearsed with [`Faults`]: a probability of 91000 or of
 //! HTTP 502, accounts that always fail with a given code, a code answered to
-//! every call or to the next few, and extra latency. They are set from
+//! every call or to the next few, users that fail alone in a Push plugin
+//! call (always, or for their next few calls), and extra latency. They are set from
 //! `tagsweep simulate` flags or at run time through `PUT /sim/faults`,
 //! which merges the fields it is given into the current set.
 //!

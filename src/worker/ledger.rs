@@ -17,8 +17,8 @@ use chrono::{DateTime, Utc};
 
 use super::call::{PartReport, PartResult};
 use super::outcome::{Held, Original};
-use crate::batch::{Entry, PartId};
-use crate::job::{InvalidJob, Job};
+use crate::batch::{Entry, PartId, Removal};
+use crate::job::{InvalidJob, Job, Removes};
 use crate::queue::DeadLetter;
 use crate::store::{self, CallRow, JobRow};
 
@@ -78,20 +78,31 @@ impl Ledger {
         true
     }
 
-    /// Takes in a valid job; yields its parts for the packer.
+    /// Takes in a valid job; yields its parts for the packer: one entry per
+    /// ten tags, or a single remove-every-tag entry.
     pub(super) fn hold_job(&mut self, job: Job, original: Original, received_at: DateTime<Utc>) -> Vec<Entry> {
         let key = self.new_key();
         let account: Arc<str> = Arc::from(job.account.as_str());
-        let entries: Vec<Entry> = job
-            .parts()
+        let removals: Vec<Removal> = match &job.removes {
+            Removes::Tags(_) => job.parts().map(|tags| Removal::Tags(tags.into())).collect(),
+            Removes::AllTags => vec![Removal::AllTags],
+        };
+        let entries: Vec<Entry> = removals
+            .into_iter()
             .enumerate()
-            .map(|(index, tags)| Entry {
+            .map(|(index, removal)| Entry {
                 part: PartId { job: key, index: index as u16 },
                 account: account.clone(),
-                tags: tags.into(),
+                removal,
             })
             .collect();
-        let held = Held::new(job.id, Some(job.account), job.tags, received_at, original, entries.len(), None);
+        let all_tags = job.all_tags();
+        let tags = match job.removes {
+            Removes::Tags(tags) => tags,
+            Removes::AllTags => Vec::new(),
+        };
+        let held = Held::new(job.id, Some(job.account), tags, received_at, original, entries.len(), None)
+            .with_all_tags(all_tags);
         self.insert(key, held);
         entries
     }
@@ -99,7 +110,8 @@ impl Ledger {
     /// Takes in an invalid job and finishes it at once (no call).
     pub(super) fn hold_invalid(&mut self, invalid: InvalidJob, original: Original, received_at: DateTime<Utc>) {
         let key = self.new_key();
-        let held = Held::new(invalid.id, invalid.account, invalid.tags, received_at, original, 0, Some(invalid.reason));
+        let held = Held::new(invalid.id, invalid.account, invalid.tags, received_at, original, 0, Some(invalid.reason))
+            .with_all_tags(invalid.all_tags);
         self.insert(key, held);
         self.finish(Vec::new(), [key], Utc::now());
     }

@@ -26,6 +26,8 @@ pub(super) struct Held {
     pub(super) job_id: String,
     account: Option<String>,
     tags: Vec<String>,
+    /// A remove-all job (`tags` is then empty), or an invalid job that asked for it.
+    all_tags: bool,
     received_at: DateTime<Utc>,
     original: Original,
     /// Deliveries of the same job id, acknowledged with this one.
@@ -64,6 +66,7 @@ impl Held {
             job_id,
             account,
             tags,
+            all_tags: false,
             received_at,
             original,
             copies: Vec::new(),
@@ -73,6 +76,11 @@ impl Held {
             calls: Vec::new(),
             invalid,
         }
+    }
+
+    pub(super) fn with_all_tags(mut self, all_tags: bool) -> Held {
+        self.all_tags = all_tags;
+        self
     }
 
     pub(super) fn is_invalid(&self) -> bool {
@@ -86,6 +94,9 @@ impl Held {
         let (status, error_code, error_info) = match (&self.invalid, self.failed.first()) {
             (Some(reason), _) => (store::DEAD_LETTERED, Some(0), Some(format!("invalid job: {reason}"))),
             (None, None) => (store::SUCCEEDED, None, None),
+            (None, Some((_, failure))) if self.all_tags => {
+                (store::DEAD_LETTERED, Some(failure.error_code), Some(failure.error_info.clone()))
+            }
             (None, Some((_, failure))) => {
                 let info = format!("{}; tags not removed: {}", failure.error_info, self.tags_not_removed().join(", "));
                 (store::DEAD_LETTERED, Some(failure.error_code), Some(info))
@@ -108,6 +119,7 @@ impl Held {
             job_id: self.job_id,
             account: self.account,
             tags: self.tags,
+            all_tags: self.all_tags,
             status,
             attempts,
             error_code,
@@ -170,6 +182,16 @@ mod tests {
         let letter = outcome.letter.expect("a dead letter");
         assert_eq!(letter.error_code, 70107);
         assert_eq!(letter.job_id, "j1");
+    }
+
+    #[test]
+    fn a_remove_all_job_keeps_empty_tags_and_its_flag_in_the_row() {
+        let mut job = held(0, None).with_all_tags(true);
+        job.failed.push((0, Failure { error_code: 70107, error_info: "no such user".into() }));
+        let outcome = job.into_outcome(Utc::now());
+        assert!(outcome.row.all_tags && outcome.row.tags.is_empty());
+        assert_eq!(outcome.row.error_info.as_deref(), Some("no such user"), "no tag list to name");
+        assert_eq!(outcome.letter.expect("a dead letter").error_code, 70107);
     }
 
     #[test]

@@ -26,6 +26,8 @@ mod operators;
 mod pause;
 mod pipeline;
 mod production;
+mod push_plugin;
+mod remove_all;
 mod replay;
 mod request_shape;
 mod shutdown;

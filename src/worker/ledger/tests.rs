@@ -15,7 +15,7 @@ fn job(id: &str, tags: usize) -> Job {
         id: id.into(),
         id_source: IdSource::Body,
         account: format!("user-{id}"),
-        tags: (0..tags).map(|i| format!("t{i}")).collect(),
+        removes: Removes::Tags((0..tags).map(|i| format!("t{i}")).collect()),
     }
 }
 
@@ -27,11 +27,25 @@ fn report(entries: &[Entry], result: PartResult) -> Vec<PartReport> {
 }
 
 #[test]
+fn a_remove_all_job_is_one_entry_and_a_row_with_no_tags() {
+    let mut ledger = Ledger::default();
+    let remove_all =
+        Job { id: "all".into(), id_source: IdSource::Body, account: "u1".into(), removes: Removes::AllTags };
+    let entries = ledger.hold_job(remove_all, original(1), Utc::now());
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].removal, Removal::AllTags);
+    ledger.apply(Vec::new(), report(&entries, PartResult::Removed));
+    let group = ledger.take_group().expect("finished");
+    assert_eq!(group.rows[0].status, store::SUCCEEDED);
+    assert!(group.rows[0].all_tags && group.rows[0].tags.is_empty());
+}
+
+#[test]
 fn a_job_is_finished_when_its_last_part_is_in() {
     let mut ledger = Ledger::default();
     let entries = ledger.hold_job(job("j1", 25), original(1), Utc::now());
     assert_eq!(entries.len(), 3, "25 tags travel in parts of at most 10");
-    assert!(entries.iter().all(|e| e.tags.len() <= 10));
+    assert!(entries.iter().all(|e| matches!(&e.removal, Removal::Tags(tags) if tags.len() <= 10)));
 
     ledger.apply(Vec::new(), report(&entries[..2], PartResult::Removed));
     assert!(ledger.take_group().is_none(), "one part is still out");
@@ -102,6 +116,7 @@ fn an_invalid_job_is_finished_at_once_with_its_reason() {
         id_source: IdSource::Body,
         account: None,
         tags: Vec::new(),
+        all_tags: false,
         reason: "tags is missing".into(),
     };
     ledger.hold_invalid(invalid, original(9), Utc::now());

@@ -54,6 +54,18 @@ pub enum ConfigError {
         "--apps-file and {0} together: the apps file describes every app. Fix: drop {0} (or its TAGSWEEP_ variable), or the apps file"
     )]
     AppsFileAndFlag(&'static str),
+    #[error(
+        "{flag} {url:?} is plain HTTP to {host}: the UserSig would travel in cleartext. Fix: use https://, or pass \
+         --allow-insecure-http (TAGSWEEP_ALLOW_INSECURE_HTTP=true) for a trusted network such as a local simulator"
+    )]
+    InsecureUrl { flag: &'static str, url: String, host: String },
+    #[error(
+        "a job may be held {hold_ms} ms (--retry-max-elapsed-ms {retry_ms} + {margin_ms} ms for pacing, the last \
+         request and the write), longer than the broker's consumer timeout of {timeout_ms} ms, after which RabbitMQ \
+         closes the channel and returns every job in hand. Fix: lower --retry-max-elapsed-ms, or raise \
+         consumer_timeout in rabbitmq.conf and pass the same value as --consumer-timeout-ms"
+    )]
+    HoldPastConsumerTimeout { hold_ms: u128, retry_ms: u128, margin_ms: u128, timeout_ms: u128 },
 }
 
 fn secret(text: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -183,6 +195,7 @@ impl Endpoint {
         region: Option<String>,
         base_url: Option<String>,
         backup_url: Option<String>,
+        allow_insecure_http: bool,
     ) -> Result<Endpoint, ConfigError> {
         let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
         let region = match non_empty(region) {
@@ -204,6 +217,10 @@ impl Endpoint {
             Some(url) => Some(check_base_url(&url)?),
             None => backup,
         };
+        check_transport("--api-base-url", &base_url, allow_insecure_http)?;
+        if let Some(backup) = &backup_url {
+            check_transport("--api-backup-url", backup, allow_insecure_http)?;
+        }
         Ok(Endpoint { base_url, backup_url })
     }
 }
@@ -258,6 +275,10 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Share the call rate with every worker of the SDKAppID through PostgreSQL.
     pub fleet_pacing: bool,
+    /// /healthz fails after this long with jobs in hand and no progress.
+    pub stall_timeout: Duration,
+    /// The broker's consumer timeout, which a job's hold time must stay under.
+    pub consumer_timeout: Duration,
 }
 
 /// Flags of `tagsweep run` (CONTRACT §6), each also read from its env var.
@@ -337,6 +358,15 @@ pub struct RunArgs {
     /// Several workers on one SDKAppID: share --max-calls-per-second through PostgreSQL.
     #[arg(long, env = "TAGSWEEP_FLEET_PACING")]
     pub fleet_pacing: bool,
+    /// Allow plain http:// API URLs to hosts other than this machine (the UserSig travels in cleartext).
+    #[arg(long, env = "TAGSWEEP_ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: bool,
+    /// /healthz fails when jobs in hand made no progress for this long (a stuck worker to restart).
+    #[arg(long, env = "TAGSWEEP_STALL_TIMEOUT_MS", default_value_t = defaults::STALL_TIMEOUT_MS)]
+    pub stall_timeout_ms: u64,
+    /// The broker's consumer_timeout (RabbitMQ's default: 30 minutes); the retry budget must fit in it.
+    #[arg(long, env = "TAGSWEEP_CONSUMER_TIMEOUT_MS", default_value_t = defaults::CONSUMER_TIMEOUT_MS)]
+    pub consumer_timeout_ms: u64,
 }
 
 /// Where the broker is and what the topology is called; shared by every
@@ -413,6 +443,60 @@ impl Config {
     }
 }
 
+/// Plain HTTP carries the UserSig in the query string in cleartext: it is
+/// refused except to this machine, or with `--allow-insecure-http`, which
+/// then says so at every start.
+fn check_transport(flag: &'static str, url: &str, allow_insecure: bool) -> Result<(), ConfigError> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Ok(());
+    };
+    let host = url_host(rest);
+    if is_loopback(&host) {
+        return Ok(());
+    }
+    if allow_insecure {
+        tracing::warn!(
+            "{flag}: plain HTTP to {host} allowed by --allow-insecure-http: the UserSig travels in cleartext"
+        );
+        return Ok(());
+    }
+    Err(ConfigError::InsecureUrl { flag, url: url.to_owned(), host })
+}
+
+/// The host of what follows `scheme://`, without user info, port or path;
+/// an IPv6 literal keeps no brackets.
+fn url_host(rest: &str) -> String {
+    let authority = rest.split(['/', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    host.to_ascii_lowercase()
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses a retry budget that would hold a delivery past the broker's
+/// consumer timeout (see [`defaults::HOLD_MARGIN_MS`]).
+fn check_hold_time(retry: &RetryPolicy, consumer_timeout: Duration) -> Result<(), ConfigError> {
+    let margin = Duration::from_millis(defaults::HOLD_MARGIN_MS);
+    let hold = retry.max_elapsed.saturating_add(margin);
+    if hold > consumer_timeout {
+        return Err(ConfigError::HoldPastConsumerTimeout {
+            hold_ms: hold.as_millis(),
+            retry_ms: retry.max_elapsed.as_millis(),
+            margin_ms: margin.as_millis(),
+            timeout_ms: consumer_timeout.as_millis(),
+        });
+    }
+    Ok(())
+}
+
 impl RunArgs {
     /// The flags' one app, or the apps file's.
     fn apps(&mut self) -> Result<Vec<AppConfig>, ConfigError> {
@@ -427,7 +511,8 @@ impl RunArgs {
             given(self.secret_key.is_some() || self.secret_key_file.is_some(), "--secret-key")?;
             given(self.usersig.is_some(), "--usersig")?;
             let entries = apps::read(&path)?;
-            return apps::resolve(&path, entries, &apps::Shared { request_timeout });
+            let shared = apps::Shared { request_timeout, allow_insecure_http: self.allow_insecure_http };
+            return apps::resolve(&path, entries, &shared);
         }
         let sdkappid = self.sdkappid.ok_or(ConfigError::MissingSdkAppId)?;
         let key = secret_key(self.secret_key.take(), self.secret_key_file.as_deref())?;
@@ -437,7 +522,12 @@ impl RunArgs {
             (None, Some(sig)) => Credential::UserSig(sig),
             (None, None) => return Err(ConfigError::MissingCredential),
         };
-        let endpoint = Endpoint::resolve(self.region.take(), self.api_base_url.take(), self.api_backup_url.take())?;
+        let endpoint = Endpoint::resolve(
+            self.region.take(),
+            self.api_base_url.take(),
+            self.api_backup_url.take(),
+            self.allow_insecure_http,
+        )?;
         if self.max_calls_per_second == 0 {
             return Err(ConfigError::ZeroRate);
         }
@@ -464,6 +554,20 @@ impl RunArgs {
         let apps = self.apps()?;
         let batch_size = BatchSize::new(self.batch_size).ok_or(ConfigError::BadBatchSize(self.batch_size))?;
         let ms = Duration::from_millis;
+        let retry = RetryPolicy {
+            initial: ms(self.retry_initial_ms.max(1)),
+            max_interval: ms(self.retry_max_interval_ms.max(self.retry_initial_ms).max(1)),
+            max_elapsed: ms(self.retry_max_elapsed_ms),
+        };
+        check_hold_time(&retry, ms(self.consumer_timeout_ms))?;
+        let stall_timeout = ms(self.stall_timeout_ms.max(1));
+        if stall_timeout <= retry.max_elapsed + ms(self.request_timeout_ms) {
+            tracing::warn!(
+                "--stall-timeout-ms {} is not above --retry-max-elapsed-ms + --request-timeout-ms: /healthz may \
+                 fail while a batch is still legitimately retrying",
+                self.stall_timeout_ms
+            );
+        }
         Ok(Config {
             amqp_url: SecretString::from(self.broker.amqp_url.clone()),
             database_url: SecretString::from(self.database_url),
@@ -472,11 +576,7 @@ impl RunArgs {
             pacing_margin: ms(self.pacing_margin_ms),
             batch_size,
             batch_linger: ms(self.batch_linger_ms),
-            retry: RetryPolicy {
-                initial: ms(self.retry_initial_ms.max(1)),
-                max_interval: ms(self.retry_max_interval_ms.max(self.retry_initial_ms).max(1)),
-                max_elapsed: ms(self.retry_max_elapsed_ms),
-            },
+            retry,
             prefetch: self.prefetch.max(1),
             max_in_flight: self.max_in_flight.max(1),
             shutdown_grace: ms(self.shutdown_grace_ms),
@@ -484,6 +584,8 @@ impl RunArgs {
             connect_timeout: ms(self.connect_timeout_ms),
             metrics_addr: self.metrics_addr,
             fleet_pacing: self.fleet_pacing,
+            stall_timeout,
+            consumer_timeout: ms(self.consumer_timeout_ms),
         })
     }
 }

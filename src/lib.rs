@@ -30,6 +30,8 @@ pub mod config;
 mod connect;
 pub mod console;
 mod job;
+#[cfg(test)]
+mod job_fuzz;
 mod limit;
 mod ops;
 pub mod queue;

@@ -15,6 +15,10 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
+mod stops;
+
+pub use stops::{CredentialStop, fingerprint};
+
 pub const SUCCEEDED: &str = "succeeded";
 pub const DEAD_LETTERED: &str = "dead_lettered";
 

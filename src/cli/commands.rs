@@ -88,6 +88,15 @@ pub(super) async fn replay(args: ReplayArgs) -> Result<String, OpsError> {
     if report.left > 0 {
         text.push_str(&format!("; {} dead letter(s) left in place (no match, or not valid jobs)", report.left));
     }
+    if report.refused_invalid > 0 {
+        text.push_str(&format!(
+            "; {} invalid job(s) refused (they would only be dead-lettered again)",
+            report.refused_invalid
+        ));
+    }
+    if report.claimed_elsewhere > 0 {
+        text.push_str(&format!("; {} already being replayed by another replay", report.claimed_elsewhere));
+    }
     for job in report.replayed.iter().take(100) {
         text.push_str(&format!(
             "\n  {}  {}  {}  {}",

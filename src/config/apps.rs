@@ -53,6 +53,8 @@ struct AppsDoc {
 /// What the worker shares with each app's API client.
 pub(crate) struct Shared {
     pub request_timeout: std::time::Duration,
+    /// `--allow-insecure-http`: plain HTTP to other hosts than this one.
+    pub allow_insecure_http: bool,
 }
 
 fn error(path: &Path, at: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -232,10 +234,27 @@ pub(crate) fn resolve(path: &Path, entries: Vec<AppEntry>, shared: &Shared) -> R
                     &at,
                     format!("{url:?} must start with http:// or https:// and carry no query. Fix: correct api_base_url or api_backup_url"),
                 ),
+                ConfigError::InsecureUrl { flag, url, host } => {
+                    let key = if flag == "--api-base-url" { "api_base_url" } else { "api_backup_url" };
+                    error(
+                        path,
+                        &at,
+                        format!(
+                            "{key} {url:?} is plain HTTP to {host}: the UserSig would travel in cleartext. Fix: use \
+                             https://, or pass --allow-insecure-http (TAGSWEEP_ALLOW_INSECURE_HTTP=true) for a \
+                             trusted network such as a local simulator"
+                        ),
+                    )
+                }
                 other => error(path, &at, other.to_string()),
             };
-            let endpoint = Endpoint::resolve(entry.region.clone(), entry.api_base_url.clone(), entry.api_backup_url.clone())
-                .map_err(in_file)?;
+            let endpoint = Endpoint::resolve(
+                entry.region.clone(),
+                entry.api_base_url.clone(),
+                entry.api_backup_url.clone(),
+                shared.allow_insecure_http,
+            )
+            .map_err(in_file)?;
             let credential = entry.credential(path)?;
             let identifier = entry.identifier.clone().unwrap_or_else(|| defaults::IDENTIFIER.to_owned());
             if identifier.trim().is_empty() {
@@ -275,7 +294,7 @@ mod tests {
     }
 
     fn shared() -> Shared {
-        Shared { request_timeout: std::time::Duration::from_secs(5) }
+        Shared { request_timeout: std::time::Duration::from_secs(5), allow_insecure_http: false }
     }
 
     #[test]
@@ -336,5 +355,27 @@ mod tests {
         let bad_url = "[[app]]\nsdkappid = 3\napi_base_url = \"ftp://x\"\nusersig_env = \"A\"\n";
         let message = resolve(Path::new(PATH), parsed(bad_url).unwrap(), &shared()).unwrap_err().to_string();
         assert!(message.contains("app 3 (line 1)") && message.contains("http://"), "{message}");
+    }
+
+    #[test]
+    fn every_apps_urls_must_be_https_except_to_this_machine_or_on_request() {
+        let text = |base: &str, backup: &str| {
+            format!(
+                "[[app]]\nsdkappid = 4\napi_base_url = \"{base}\"\napi_backup_url = \"{backup}\"\n\
+                 secret_key_env = \"PATH\"\n"
+            )
+        };
+        let resolved = |text: &str, allow_insecure_http: bool| {
+            let shared = Shared { allow_insecure_http, ..shared() };
+            resolve(Path::new(PATH), parsed(text).unwrap(), &shared)
+        };
+        assert!(resolved(&text("http://127.0.0.1:9", "http://[::1]:9"), false).is_ok());
+        assert!(resolved(&text("https://example.com", "https://example.org"), false).is_ok());
+        let message = resolved(&text("http://example.com", "https://example.org"), false).unwrap_err().to_string();
+        assert!(message.contains("app 4 (line 1)") && message.contains("api_base_url"), "{message}");
+        assert!(message.contains("example.com") && message.contains("Fix: use"), "{message}");
+        let message = resolved(&text("https://example.com", "http://backup.example"), false).unwrap_err().to_string();
+        assert!(message.contains("api_backup_url") && message.contains("backup.example"), "{message}");
+        assert!(resolved(&text("http://example.com", "http://backup.example"), true).is_ok(), "on request");
     }
 }

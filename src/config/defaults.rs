@@ -60,6 +60,24 @@ pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
 /// Long enough for a broker and database started alongside (compose) to come up.
 pub const CONNECT_TIMEOUT_MS: u64 = 60_000;
 
+/// RabbitMQ's `consumer_timeout` default (30 minutes; 3.8.15 and later):
+/// a delivery unacknowledged for longer makes the broker close the channel
+/// and return every delivery on it. RabbitMQ 3.10 (this project's) has no
+/// per-queue `x-consumer-timeout` and no way for a client to read the
+/// setting, so it is assumed, and `--consumer-timeout-ms` states another.
+pub const CONSUMER_TIMEOUT_MS: u64 = 1_800_000;
+/// What a delivery is held beyond its retry budget: the wait for a pacing
+/// slot behind a backlog, the last request (up to --request-timeout-ms),
+/// the dead-letter publish and the row. Start-up refuses a
+/// `--retry-max-elapsed-ms` + this over `--consumer-timeout-ms`: with the
+/// defaults, 15 + 5 minutes of a 30-minute timeout.
+pub const HOLD_MARGIN_MS: u64 = 300_000;
+/// Above the longest wait a healthy worker makes without a report, a row
+/// or an ack while it holds jobs: a batch retrying for the whole budget
+/// (15 minutes) plus its last request and rate-limit pauses. Past it the
+/// worker is stuck, and a restart (returning its jobs) is the cure.
+pub const STALL_TIMEOUT_MS: u64 = 1_200_000;
+
 impl Default for Topology {
     fn default() -> Self {
         Topology {
@@ -108,6 +126,8 @@ impl Config {
             connect_timeout: ms(CONNECT_TIMEOUT_MS),
             metrics_addr: None,
             fleet_pacing: false,
+            stall_timeout: ms(STALL_TIMEOUT_MS),
+            consumer_timeout: ms(CONSUMER_TIMEOUT_MS),
         }
     }
 }
@@ -168,6 +188,8 @@ mod tests {
             connect_timeout,
             metrics_addr,
             fleet_pacing,
+            stall_timeout,
+            consumer_timeout,
         } = built;
         assert_eq!(flags.amqp_url.expose_secret(), env_or("AMQP_URL", amqp_url.expose_secret()));
         assert_eq!(flags.database_url.expose_secret(), env_or("DATABASE_URL", database_url.expose_secret()));
@@ -194,5 +216,7 @@ mod tests {
         assert_eq!(flags.connect_timeout, connect_timeout);
         assert_eq!(flags.metrics_addr, metrics_addr);
         assert_eq!(flags.fleet_pacing, fleet_pacing);
+        assert_eq!(flags.stall_timeout, stall_timeout);
+        assert_eq!(flags.consumer_timeout, consumer_timeout);
     }
 }

@@ -83,3 +83,44 @@ fn the_secret_key_can_come_from_a_file_and_never_shows_in_debug() {
     let shown = format!("{:?}", flags.run);
     assert!(!shown.contains("plain-key") && !shown.contains("plain-sig"), "Debug shows a secret: {shown}");
 }
+
+#[test]
+fn plain_http_is_refused_except_to_this_machine_or_on_request() {
+    if std::env::vars().any(|(k, _)| k.starts_with("TAGSWEEP_")) {
+        return;
+    }
+    let with = |url: &str, extra: &[&str]| {
+        let mut args = vec!["--sdkappid", "1", "--secret-key", "k", "--api-base-url", url];
+        args.extend_from_slice(extra);
+        parse(&args)
+    };
+    for loopback in
+        ["http://127.0.0.1:8080", "http://127.9.9.9", "http://localhost:1/", "http://[::1]:8080", "https://example.com"]
+    {
+        assert!(with(loopback, &[]).is_ok(), "{loopback}");
+    }
+    let err = with("http://user:pw@Example.com:8080/x", &[]).unwrap_err();
+    assert!(matches!(&err, ConfigError::InsecureUrl { flag: "--api-base-url", host, .. } if host == "example.com"));
+    assert!(err.to_string().contains("Fix: use https://"), "{err}");
+    for lookalike in ["http://127.0.0.1.example.com", "http://localhost.evil.com", "http://10.0.0.1", "http://[::2]"] {
+        assert!(matches!(with(lookalike, &[]), Err(ConfigError::InsecureUrl { .. })), "{lookalike}");
+    }
+    assert!(with("http://simulator:8080", &["--allow-insecure-http"]).is_ok());
+    let err = with("https://example.com", &["--api-backup-url", "http://backup.example.com"]).unwrap_err();
+    assert!(matches!(err, ConfigError::InsecureUrl { flag: "--api-backup-url", .. }));
+}
+
+#[test]
+fn a_retry_budget_past_the_consumer_timeout_is_refused() {
+    if std::env::vars().any(|(k, _)| k.starts_with("TAGSWEEP_")) {
+        return;
+    }
+    let base = ["--sdkappid", "1", "--secret-key", "k", "--region", "china"];
+    let with = |extra: &[&str]| parse(&[&base[..], extra].concat());
+    assert!(with(&[]).is_ok(), "the defaults fit RabbitMQ's 30-minute default");
+    let err = with(&["--retry-max-elapsed-ms", "1600000"]).unwrap_err();
+    assert!(matches!(err, ConfigError::HoldPastConsumerTimeout { timeout_ms: 1_800_000, .. }), "{err}");
+    assert!(err.to_string().contains("--consumer-timeout-ms"), "{err}");
+    assert!(with(&["--retry-max-elapsed-ms", "1600000", "--consumer-timeout-ms", "3600000"]).is_ok());
+    assert!(with(&["--consumer-timeout-ms", "600000"]).is_err(), "15 min of retries cannot fit in 10");
+}

@@ -145,6 +145,10 @@ pub async fn page(State(console): State<Shared>, headers: HeaderMap, Query(form)
         (Ok(pauses), Ok(log)) => (pauses, log),
         (Err(error), _) | (_, Err(error)) => return failed("read the actions", error),
     };
+    let stops = match console.store.credential_stops().await {
+        Ok(stops) => stops,
+        Err(error) => return failed("read the credential stops", error),
+    };
     let can_act = console.config.token.is_some() && session.is_some();
     let body = html! {
         @if !form.done.is_empty() { p.notice #done { (form.done) } }
@@ -163,6 +167,7 @@ pub async fn page(State(console): State<Shared>, headers: HeaderMap, Query(form)
             button #pause-button.danger type="submit" disabled[!can_act] { "Pause" }
         }
         (paused_table(&pauses, session.as_ref(), can_act))
+        (stops_table(&stops, session.as_ref(), can_act))
         h2 { "Recent actions" }
         table #actions-log {
             tr { th { "when" } th { "who" } th { "what" } th { "filter" } th.num { "how many" } }
@@ -184,6 +189,29 @@ fn paused_table(pauses: &[crate::ops::pause::Pause], session: Option<&Session>, 
                         td { form method="post" action="/actions/resume" {
                             (csrf(session)) input type="hidden" name="app" value=(p.sdkappid);
                             button.resume type="submit" disabled[!can_act] { "Resume" }
+                        } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Apps whose workers take no jobs because Tencent refused their key;
+/// Resume clears the stop once the credentials are fixed.
+fn stops_table(stops: &[crate::store::CredentialStop], session: Option<&Session>, can_act: bool) -> Markup {
+    html! {
+        @if !stops.is_empty() {
+            h2 { "Stopped: Tencent refused the credentials" }
+            table #credential-stops {
+                tr { th { "app" } th { "since" } th { "key" } th { "refusal" } th { "fix" } th {} }
+                @for stop in stops {
+                    tr {
+                        td { (stop.sdkappid) } td { (time(stop.stopped_at)) } td { code { (stop.fingerprint) } }
+                        td { (stop.error_code) " " (stop.error_info) } td { (stop.fix) }
+                        td { form method="post" action="/actions/resume" {
+                            (csrf(session)) input type="hidden" name="app" value=(stop.sdkappid);
+                            button.resume type="submit" disabled[!can_act] { "Resume (credentials fixed)" }
                         } }
                     }
                 }

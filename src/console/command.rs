@@ -121,7 +121,10 @@ pub async fn pause(args: PauseArgs, pause: bool) -> Result<String, OpsError> {
             format!("app {} paused fleet-wide: workers stop taking its jobs within a few seconds", args.app)
         }
         (true, Change::AlreadyThere) => format!("app {} was already paused", args.app),
-        (false, Change::Done) => format!("app {} resumed: workers take its jobs again within a few seconds", args.app),
-        (false, Change::AlreadyThere) => format!("app {} was not paused", args.app),
+        (false, Change::Done) => format!(
+            "app {} resumed (pause and remembered credential stops cleared): workers take its jobs again within a few seconds",
+            args.app
+        ),
+        (false, Change::AlreadyThere) => format!("app {} was not paused (nor stopped for its credentials)", args.app),
     })
 }

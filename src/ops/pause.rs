@@ -64,13 +64,23 @@ pub(crate) async fn pause(pool: &PgPool, sdkappid: u64, who: &str, reason: Optio
     Ok(if inserted > 0 { Change::Done } else { Change::AlreadyThere })
 }
 
-/// Lifts the pause of `sdkappid`, recording who did it.
+/// Lifts the pause of `sdkappid`, and forgets Tencent's refusals of its
+/// keys (the operator says the credentials are fixed: a worker with the
+/// same key takes jobs again, in a first window of one batch), recording
+/// who did it.
 pub(crate) async fn resume(pool: &PgPool, sdkappid: u64, who: &str) -> Result<Change, OpsError> {
     let app = app_key(sdkappid)?;
     let mut tx = pool.begin().await?;
-    let deleted =
+    let unpaused =
         sqlx::query("DELETE FROM app_pauses WHERE sdkappid = $1").bind(app).execute(&mut *tx).await?.rows_affected();
-    record_in(&mut tx, who, "resume", &serde_json::json!({"sdkappid": app}), deleted).await?;
+    let unstopped = sqlx::query("DELETE FROM credential_stops WHERE sdkappid = $1")
+        .bind(app)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let deleted = unpaused + unstopped;
+    let filter = serde_json::json!({"sdkappid": app, "credential_stops_cleared": unstopped});
+    record_in(&mut tx, who, "resume", &filter, deleted).await?;
     tx.commit().await?;
     Ok(if deleted > 0 { Change::Done } else { Change::AlreadyThere })
 }

@@ -95,6 +95,11 @@ pub(super) async fn run_batch(ctx: &CallContext, batch: Batch, slot: Option<Inst
     let mut report = BatchReport::default();
     let mut carried = Carried::new();
     let mut outcomes: Vec<(PartId, PartResult)> = Vec::with_capacity(batch.len());
+    // The retry budget is the jobs', not each call's: it starts with the
+    // first call and is carried through every retry and every halving, so
+    // no delivery is held much past `--retry-max-elapsed-ms` (and the
+    // broker's consumer timeout, which start-up checks it against).
+    let mut deadline = None;
     let mut stack = vec![batch];
     while let Some(batch) = stack.pop() {
         if report.fatal.is_some() {
@@ -103,7 +108,7 @@ pub(super) async fn run_batch(ctx: &CallContext, batch: Batch, slot: Option<Inst
         }
         // Only the batch's first call uses the slot reserved at dispatch.
         let slot = if report.calls.is_empty() { slot } else { None };
-        let settled = call_with_retry(ctx, batch, slot, &mut report.calls, &mut carried).await;
+        let settled = call_with_retry(ctx, batch, slot, &mut deadline, &mut report.calls, &mut carried).await;
         outcomes.extend(settled.parts);
         if let Some(error) = settled.fatal {
             report.fatal.get_or_insert(error);
@@ -139,6 +144,7 @@ async fn call_with_retry(
     ctx: &CallContext,
     batch: Batch,
     mut slot: Option<Instant>,
+    deadline: &mut Option<Instant>,
     calls: &mut Vec<CallRow>,
     carried: &mut Carried,
 ) -> Settled {
@@ -163,6 +169,10 @@ async fn call_with_retry(
             settled.set(pending.entries().iter().cloned(), PartResult::Returned);
             return settled;
         };
+        let deadline = *deadline.get_or_insert_with(|| {
+            let started = Instant::now().checked_sub(report.latency).unwrap_or_else(Instant::now);
+            started + ctx.retry.max_elapsed
+        });
         let listed = listed_here(&report, &pending);
         record_call_metrics(&report, &listed, pending.len(), attempt);
         calls.push(call_row(call_id, &report, &listed, pending.len(), attempt));
@@ -246,7 +256,7 @@ async fn call_with_retry(
                 // The server counts refused calls too: everyone waits.
                 ctx.pacer.pause(Duration::from_secs(1)).await;
             }
-            let Some(delay) = backoff.next() else {
+            let Some(delay) = backoff.next().filter(|delay| Instant::now() + *delay <= deadline) else {
                 if let Some(held_back) = ctx.warnings.admit("give-up") {
                     span.in_scope(|| {
                         tracing::warn!(

@@ -29,13 +29,15 @@ use super::{Summary, WorkerError};
 
 mod intake;
 mod pause;
+mod window;
 
 use crate::batch::Packer;
 use crate::config::Config;
 use crate::store::Store;
 use crate::telemetry::{Health, names};
 use intake::{Admission, Checked};
-use pause::Intake;
+use pause::{Hold, Intake};
+use window::Window;
 
 /// Deliveries taken off the consumer in one go, checked against the job
 /// table with one query.
@@ -72,7 +74,15 @@ struct Coordinator {
     queue: String,
     sdkappid: u64,
     /// Where pause checks answer.
-    pauses: mpsc::UnboundedSender<bool>,
+    pauses: mpsc::UnboundedSender<Hold>,
+    /// What the last pause check found.
+    hold: Hold,
+    /// This key's fingerprint, for the credential stops.
+    fingerprint: String,
+    window: Window,
+    /// One batch's worth, and `--prefetch`.
+    first_window: u16,
+    prefetch: u16,
     store: Store,
     calls: Arc<CallContext>,
     ledger: Ledger,
@@ -99,14 +109,14 @@ struct Events {
     reports: mpsc::UnboundedReceiver<BatchReport>,
     persisted: mpsc::UnboundedReceiver<Persisted>,
     checks: mpsc::UnboundedReceiver<Checked>,
-    pauses: mpsc::UnboundedReceiver<bool>,
+    pauses: mpsc::UnboundedReceiver<Hold>,
 }
 
 /// Runs the pipeline on what [`super::startup`] opened until it stops.
 pub(super) async fn run(
     config: &Config,
     started: &Started,
-    consumer: Consumer,
+    consumer: Option<Consumer>,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<Summary, WorkerError> {
@@ -130,12 +140,17 @@ pub(super) async fn run(
         // table with one query. (Draining with `now_or_never` would poll the
         // consumer with a no-op waker and lose the wake-up for the next
         // delivery: the loop would then only notice it on another event.)
-        consumer: Some(consumer.ready_chunks(INTAKE_CHUNK)),
+        intake: if consumer.is_some() { Intake::Consuming } else { Intake::Paused },
+        consumer: consumer.map(|consumer| consumer.ready_chunks(INTAKE_CHUNK)),
         consumer_tag: started.consumer_tag.clone(),
-        intake: Intake::Consuming,
         queue: started.queue.clone(),
         sdkappid: started.sdkappid,
         pauses: pauses_tx,
+        hold: Hold { paused: false, stop: started.remembered.clone() },
+        fingerprint: started.fingerprint.clone(),
+        window: Window::First,
+        first_window: u16::try_from(config.batch_size.get()).unwrap_or(u16::MAX).min(config.prefetch),
+        prefetch: config.prefetch,
         store: started.store.clone(),
         calls: started.calls.clone(),
         ledger: Ledger::default(),
@@ -280,7 +295,11 @@ impl Coordinator {
 
     async fn on_report(&mut self, report: BatchReport) {
         self.calls_out -= 1;
+        self.health.progress(self.sdkappid);
         self.summary.calls += report.calls.len() as u64;
+        if self.is_running() && report.fatal.is_none() {
+            self.widen_after(&report.calls).await;
+        }
         self.ledger.apply(report.calls, report.parts);
         self.start_persist();
         if let Some(error) = report.fatal
@@ -290,6 +309,7 @@ impl Coordinator {
             tracing::error!(
                 "Tencent refused the credentials ({failure}): stopping, nothing dead-lettered. Fix: {hint}"
             );
+            self.remember_refusal(&error).await;
             self.stop(Some(WorkerError::Credential { failure, hint })).await;
         }
     }
@@ -305,6 +325,7 @@ impl Coordinator {
 
     fn on_persisted(&mut self, done: Persisted) {
         self.persister.returned();
+        self.health.progress(self.sdkappid);
         self.start_persist();
         let mut tags = done.tags;
         tags.extend(self.ledger.released(&done.job_ids));
@@ -332,6 +353,7 @@ impl Coordinator {
             self.consumer = None;
             if self.intake == Intake::Cancelling {
                 self.intake = Intake::Paused;
+                self.rewiden().await;
                 return;
             }
             return self.stop(Some(WorkerError::ConsumerLost("the broker cancelled the consumer".into()))).await;
@@ -376,6 +398,7 @@ impl Coordinator {
         self.health.set_broker(connected);
         self.settler.flush();
         metrics::gauge!(names::JOBS_IN_HAND).set(self.settler.unsettled() as f64);
+        self.health.set_in_hand(self.sdkappid, self.settler.unsettled());
         self.log_progress();
         if !connected {
             self.stop(Some(WorkerError::ConsumerLost("the broker connection is gone".into()))).await;

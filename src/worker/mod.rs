@@ -32,6 +32,9 @@
 //! jobs stay in its queue, /readyz and `tagsweep_app_stopped` say so); the
 //! others keep flowing. The process exits 3 only when every app stopped
 //! that way; any other failure stops every app (a restart may cure it).
+//! The refusal is remembered per app and key (`credential_stops`): a later
+//! start with the same key opens no consumer for that app, which stands by
+//! until `tagsweep resume --app N` (or a new key) while the others flow.
 //!
 //! [`Lifecycle`]: coordinator::Lifecycle
 
@@ -112,6 +115,7 @@ impl std::ops::AddAssign for Summary {
 /// or until something only an operator or a restart can fix.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<Summary, WorkerError> {
     let health = Arc::new(Health::default());
+    health.set_stall_timeout(config.stall_timeout);
     let _server = match config.metrics_addr {
         Some(addr) => {
             let (bound, task) = crate::telemetry::serve(addr, health.clone())
@@ -196,7 +200,7 @@ impl Ending {
                 if self.refusals < self.apps {
                     tracing::error!(
                         app,
-                        "app {app} stopped: Tencent refused its credentials; its jobs stay in its queue until a restart with a fixed key. The other apps keep flowing"
+                        "app {app} stopped: Tencent refused its credentials; its jobs stay in its queue until a restart with a fixed key, or `tagsweep resume --app {app}` and a restart. The other apps keep flowing"
                     );
                 }
                 self.refused.get_or_insert(error);

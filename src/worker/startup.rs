@@ -49,13 +49,20 @@ pub(super) struct Started {
     pub(super) calls: Arc<CallContext>,
     pub(super) queue: String,
     pub(super) sdkappid: u64,
+    /// This app's key fingerprint (see `store::fingerprint`).
+    pub(super) fingerprint: String,
+    /// Tencent's refusal of this app's key, remembered from an earlier run.
+    pub(super) remembered: Option<crate::store::CredentialStop>,
 }
 
-/// Connects, migrates, declares and starts consuming every app's queue.
+/// Connects, migrates, declares and starts consuming every app's queue,
+/// except an app whose key's refusal is remembered: it gets no consumer
+/// (None) until an operator clears the stop; its coordinator re-checks
+/// every few seconds while the other apps flow.
 pub(super) async fn start(
     config: &Config,
     health: &Health,
-) -> Result<(Connections, Vec<(Started, Consumer)>), WorkerError> {
+) -> Result<(Connections, Vec<(Started, Option<Consumer>)>), WorkerError> {
     // PostgreSQL first: a worker that consumes before it can record would
     // only hand every message back, and each return spends the delivery limit.
     let store = Store::connect_within(&config.database_url, 10, config.connect_timeout, Role::Worker).await?;
@@ -71,7 +78,7 @@ pub(super) async fn start(
     let connections = Connections { store, connection, dead_letters };
     let mut apps = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
-        match open_app(config, app, &connections).await {
+        match open_app(config, app, &connections, health).await {
             Ok(started) => apps.push(started),
             Err(error) => {
                 for (started, _) in apps {
@@ -86,23 +93,56 @@ pub(super) async fn start(
     Ok((connections, apps))
 }
 
-/// One app's channel, queue, consumer and call context.
-async fn open_app(config: &Config, app: &AppConfig, shared: &Connections) -> Result<(Started, Consumer), WorkerError> {
+/// One app's channel, queue, consumer (unless its key's refusal is
+/// remembered) and call context.
+async fn open_app(
+    config: &Config,
+    app: &AppConfig,
+    shared: &Connections,
+    health: &Health,
+) -> Result<(Started, Option<Consumer>), WorkerError> {
     let topology = config.app_topology(app);
+    let sdkappid = app.sdkappid();
     let channel = shared.connection.create_channel().await.map_err(QueueError::from)?;
     queue::declare(&channel, &topology).await?;
-    channel.basic_qos(config.prefetch, BasicQosOptions::default()).await.map_err(QueueError::from)?;
+    crate::telemetry::register_app_zeros(sdkappid);
+    let fingerprint = crate::store::fingerprint(&app.credential);
+    let remembered = shared.store.stop_for(sdkappid, &fingerprint).await?;
     let consumer_tag = format!("tagsweep-{}-{}", std::process::id(), Uuid::new_v4().simple());
-    let consumer = channel
-        .basic_consume(
-            topology.queue.as_str().into(),
-            consumer_tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(QueueError::from)?;
-    crate::telemetry::register_app_zeros(app.sdkappid());
+    let consumer = match &remembered {
+        Some(stop) => {
+            // One line, once: the coordinator re-checks quietly.
+            tracing::error!(
+                app = sdkappid,
+                "Tencent refused this key for app {sdkappid} at {} (ErrorCode {}: {}): taking none of its jobs, so \
+                 none spends a delivery; the other apps flow. Fix: {}; then start with the new key, or run \
+                 `tagsweep resume --app {sdkappid}`",
+                stop.stopped_at.format("%Y-%m-%d %H:%M:%SZ"),
+                stop.error_code,
+                stop.error_info,
+                stop.fix,
+            );
+            health.set_credential_stopped(sdkappid, true);
+            metrics::gauge!(crate::telemetry::names::CREDENTIAL_STOPPED, "app" => sdkappid.to_string()).set(1.0);
+            None
+        }
+        None => {
+            // The first window: one batch in hand until a call succeeds, so
+            // a first-time refusal hands back one batch, not --prefetch.
+            let first_window = u16::try_from(config.batch_size.get()).unwrap_or(u16::MAX).min(config.prefetch);
+            channel.basic_qos(first_window, BasicQosOptions::default()).await.map_err(QueueError::from)?;
+            let consumer = channel
+                .basic_consume(
+                    topology.queue.as_str().into(),
+                    consumer_tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(QueueError::from)?;
+            Some(consumer)
+        }
+    };
     let calls = Arc::new(call_context(config, app, &shared.store)?);
     tracing::info!(
         app = app.sdkappid(),
@@ -111,7 +151,8 @@ async fn open_app(config: &Config, app: &AppConfig, shared: &Connections) -> Res
         max_calls_per_second = app.max_calls_per_second,
         batch_size = config.batch_size.get(),
         prefetch = config.prefetch,
-        "tagsweep worker consuming"
+        "tagsweep worker {}",
+        if consumer.is_some() { "consuming" } else { "standing by (credential stop)" }
     );
     let started = Started {
         store: shared.store.clone(),
@@ -120,7 +161,9 @@ async fn open_app(config: &Config, app: &AppConfig, shared: &Connections) -> Res
         consumer_tag,
         calls,
         queue: topology.queue,
-        sdkappid: app.sdkappid(),
+        sdkappid,
+        fingerprint,
+        remembered,
     };
     Ok((started, consumer))
 }

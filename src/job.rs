@@ -96,6 +96,17 @@ pub(crate) struct InvalidJob {
 
 /// Parses a message body. `message_id` is the AMQP property, the fallback id.
 pub(crate) fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, InvalidJob> {
+    parse_inner(body, message_id, None)
+}
+
+/// [`parse`] for a job that arrived on `app`'s queue: a body naming
+/// another app (`"sdkappid": N`, CONTRACT §7) is invalid too, since it was
+/// published to the wrong app. Judged on the one parse of the body.
+pub(crate) fn parse_for_app(body: &[u8], message_id: Option<&str>, app: u64) -> Result<Job, InvalidJob> {
+    parse_inner(body, message_id, Some(app))
+}
+
+fn parse_inner(body: &[u8], message_id: Option<&str>, app: Option<u64>) -> Result<Job, InvalidJob> {
     let fallback_id = || match message_id.filter(|id| !id.is_empty() && id.len() <= MAX_JOB_ID_BYTES) {
         Some(id) => (escape_nul(id), IdSource::MessageId),
         None => (uuid::Uuid::new_v4().to_string(), IdSource::Assigned),
@@ -154,6 +165,7 @@ pub(crate) fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, Invali
         Some(other) => (Err(format!("account must be a string, not {}", kind(other))), None),
     };
     let removes = read_removes(object.get("all_tags"), object.get("tags"));
+    let app_problem = app.and_then(|app| app_problem(object.get("sdkappid"), app));
 
     let (readable_tags, all_tags) = match &removes {
         Ok(Removes::Tags(tags)) => (tags.clone(), false),
@@ -161,11 +173,11 @@ pub(crate) fn parse(body: &[u8], message_id: Option<&str>) -> Result<Job, Invali
         Err((_, partial, all_tags)) => (partial.clone(), *all_tags),
     };
     let (id, id_source) = id;
-    match (id_problem, message_id_problem, account, removes) {
-        (None, None, Ok(account), Ok(removes)) => Ok(Job { id, id_source, account, removes }),
-        (id_problem, message_id_problem, account, removes) => {
+    match (id_problem, message_id_problem, account, removes, app_problem) {
+        (None, None, Ok(account), Ok(removes), None) => Ok(Job { id, id_source, account, removes }),
+        (id_problem, message_id_problem, account, removes, app_problem) => {
             let reasons: Vec<String> =
-                [id_problem, message_id_problem, account.err(), removes.err().map(|(r, _, _)| r)]
+                [id_problem, message_id_problem, account.err(), removes.err().map(|(r, _, _)| r), app_problem]
                     .into_iter()
                     .flatten()
                     .collect();
@@ -264,26 +276,15 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// A job whose body names an app (`"sdkappid": N`, CONTRACT §7) other
-/// than its queue's is invalid: it was published to the wrong app. Kept
-/// apart from [`parse`] so the common body, which names no app, costs one
-/// substring search and no second parse.
-pub(crate) fn check_app(parsed: Result<Job, InvalidJob>, body: &[u8], app: u64) -> Result<Job, InvalidJob> {
-    let Ok(job) = parsed else { return parsed };
-    if !body.windows(SDKAPPID_KEY.len()).any(|w| w == SDKAPPID_KEY) {
-        return Ok(job);
+/// Why a body's `sdkappid` (absent and null say nothing) is not `app`'s.
+fn app_problem(named: Option<&Value>, app: u64) -> Option<String> {
+    match named {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64() == Some(app) => None,
+        Some(Value::Number(n)) => Some(format!("sdkappid {n} is not this queue's app ({app})")),
+        Some(other) => Some(format!("sdkappid must be a number, not {}", kind(other))),
     }
-    let reason = match serde_json::from_slice::<Value>(body).ok().as_ref().and_then(|v| v.get("sdkappid")) {
-        None | Some(Value::Null) => return Ok(job),
-        Some(Value::Number(n)) if n.as_u64() == Some(app) => return Ok(job),
-        Some(Value::Number(n)) => format!("sdkappid {n} is not this queue's app ({app})"),
-        Some(other) => format!("sdkappid must be a number, not {}", kind(other)),
-    };
-    let (tags, all_tags) = (job.tags().to_vec(), job.all_tags());
-    Err(InvalidJob { id: job.id, id_source: job.id_source, account: Some(job.account), tags, all_tags, reason })
 }
-
-const SDKAPPID_KEY: &[u8] = b"\"sdkappid\"";
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,7 @@
-//! A fuzz run of the job parser: generated messages through `job::parse`,
-//! each answer checked against CONTRACT §2 by an independent oracle.
+//! A fuzz run of the job parser: generated messages through `job::parse`
+//! and `job::parse_for_app` (a worker's: the body's `sdkappid` must be its
+//! queue's app, CONTRACT §7), each answer checked against CONTRACT §2 by an
+//! independent oracle.
 //!
 //! Five generators: random bytes; good bodies; JSON of the job's shape with hostile
 //! field values (U+0000 and other control characters, escaped lone
@@ -22,6 +24,9 @@ use serde_json::{Value, json};
 use crate::job::{
     self, IdSource, MAX_ACCOUNT_BYTES, MAX_BODY_BYTES, MAX_JOB_ID_BYTES, MAX_TAG_BYTES, MAX_TAGS_PER_JOB,
 };
+
+/// The queue's app of the cases checked with `parse_for_app`.
+const APP: u64 = 1_400_000_001;
 
 /// Strings a producer (or an attacker) might put in any field.
 fn hostile_string(rng: &mut StdRng) -> String {
@@ -107,6 +112,20 @@ fn shaped(rng: &mut StdRng, hostile: bool) -> String {
         }
         _ => {}
     }
+    // The app a body may name (CONTRACT §7): the queue's, another, or not a number.
+    match rng.random_range(0..8) {
+        0 => {
+            object.insert("sdkappid".into(), json!(APP));
+        }
+        1 => {
+            object.insert("sdkappid".into(), json!(APP + rng.random_range(1..3)));
+        }
+        2 => {
+            let odd = [json!(APP.to_string()), json!(APP as f64), json!(-1), Value::Null, hostile_value(rng, 0)];
+            object.insert("sdkappid".into(), odd[rng.random_range(0..odd.len())].clone());
+        }
+        _ => {}
+    }
     let mut body = Value::Object(object).to_string();
     match rng.random_range(0..20) {
         // Escapes serde_json's writer never makes: a lone surrogate, a NUL.
@@ -114,6 +133,10 @@ fn shaped(rng: &mut StdRng, hostile: bool) -> String {
         1 => body = body.replacen("\"t", "\"\\u0000t", 1),
         // A duplicate key: the last one wins in serde_json.
         2 => body = body.replacen('{', r#"{"account":"first","#, 1),
+        // The app's key written with an escape: the same key to JSON.
+        3 => body = body.replacen("\"sdkappid\"", "\"sdk\\u0061ppid\"", 1),
+        // Two apps named: the last one counts.
+        4 => body = body.replacen('{', &format!(r#"{{"sdkappid":{},"#, APP + 1), 1),
         _ => {}
     }
     body
@@ -158,8 +181,10 @@ fn message_id(rng: &mut StdRng) -> Option<String> {
     }
 }
 
-/// CONTRACT §2, written apart from the parser: is this message a valid job?
-fn oracle(body: &[u8], message_id: Option<&str>) -> bool {
+/// CONTRACT §2, written apart from the parser: is this message a valid
+/// job? With `app`, also §7: a body's `sdkappid`, unless absent or null,
+/// must be that app's number.
+fn oracle(body: &[u8], message_id: Option<&str>, app: Option<u64>) -> bool {
     let text_ok =
         |v: &Value, max: usize| v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= max && !s.contains('\0'));
     if body.len() > MAX_BODY_BYTES {
@@ -188,14 +213,23 @@ fn oracle(body: &[u8], message_id: Option<&str>) -> bool {
         Some(Value::Bool(true)) => object.get("tags").is_none_or(Value::is_null),
         Some(_) => false,
     };
-    id_ok && account_ok && removes_ok
+    let app_ok = match (app, object.get("sdkappid")) {
+        (None, _) | (_, None | Some(Value::Null)) => true,
+        (Some(app), Some(named)) => named.as_u64() == Some(app),
+    };
+    id_ok && account_ok && removes_ok && app_ok
 }
 
-/// Parses one message and checks the answer; panics naming the case.
-fn check(body: &[u8], message_id: Option<&str>) {
-    let expected = oracle(body, message_id);
-    let case = || format!("body {:?}, message_id {message_id:?}", String::from_utf8_lossy(body));
-    match job::parse(body, message_id) {
+/// Parses one message (for `app`'s queue, or any) and checks the answer;
+/// panics naming the case.
+fn check(body: &[u8], message_id: Option<&str>, app: Option<u64>) {
+    let expected = oracle(body, message_id, app);
+    let case = || format!("body {:?}, message_id {message_id:?}, app {app:?}", String::from_utf8_lossy(body));
+    let parsed = match app {
+        Some(app) => job::parse_for_app(body, message_id, app),
+        None => job::parse(body, message_id),
+    };
+    match parsed {
         Ok(job) => {
             assert!(expected, "accepted an invalid job: {}", case());
             let object = serde_json::from_slice::<Value>(body).expect("a valid job is JSON");
@@ -234,8 +268,10 @@ fn run(cases: u64, seed: u64) -> u64 {
     for _ in 0..cases {
         let body = bytes(&mut rng);
         let message_id = message_id(&mut rng);
-        check(&body, message_id.as_deref());
-        valid += u64::from(oracle(&body, message_id.as_deref()));
+        // Every other case as a worker reads it, for its queue's app.
+        let app = rng.random_bool(0.5).then_some(APP);
+        check(&body, message_id.as_deref(), app);
+        valid += u64::from(oracle(&body, message_id.as_deref(), app));
     }
     valid
 }

@@ -189,7 +189,7 @@ fn a_nul_in_the_message_id_property_makes_the_job_invalid() {
 
 #[test]
 fn a_body_naming_another_app_is_invalid() {
-    let check = |body: &str| check_app(parse(body.as_bytes(), None), body.as_bytes(), 1400000001);
+    let check = |body: &str| parse_for_app(body.as_bytes(), None, 1400000001);
     assert!(check(r#"{"job_id": "j", "account": "u", "tags": ["a"]}"#).is_ok());
     assert!(check(r#"{"job_id": "j", "account": "u", "tags": ["a"], "sdkappid": 1400000001}"#).is_ok());
     let wrong = check(r#"{"job_id": "j", "account": "u", "tags": ["a"], "sdkappid": 1400000002}"#).unwrap_err();
@@ -199,4 +199,14 @@ fn a_body_naming_another_app_is_invalid() {
     assert!(text.unwrap_err().reason.contains("must be a number"));
     let all = check(r#"{"job_id": "j", "account": "u", "all_tags": true, "sdkappid": 7}"#).unwrap_err();
     assert!(all.all_tags, "a remove-all job stays one in its row");
+    // However the key is written: an escaped key is the same key.
+    let escaped = check(r#"{"job_id": "j", "account": "u", "tags": ["a"], "sdk\u0061ppid": 7}"#).unwrap_err();
+    assert!(escaped.reason.contains("sdkappid 7"), "{}", escaped.reason);
+    // Other broken rules and the app's are all named.
+    let both = check(r#"{"job_id": "j", "tags": ["a"], "sdkappid": 7}"#).unwrap_err();
+    assert!(both.reason.contains("account is required") && both.reason.contains("sdkappid 7"), "{}", both.reason);
+    assert!(
+        parse(br#"{"job_id": "j", "account": "u", "tags": ["a"], "sdkappid": 7}"#, None).is_ok(),
+        "no app: no rule"
+    );
 }

@@ -49,8 +49,7 @@ impl Coordinator {
         for delivery in chunk {
             self.settler.hold(delivery.delivery_tag);
             let message_id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
-            let parsed =
-                job::check_app(job::parse(&delivery.data, message_id.as_deref()), &delivery.data, self.sdkappid);
+            let parsed = job::parse_for_app(&delivery.data, message_id.as_deref(), self.sdkappid);
             let (id, source) = match &parsed {
                 Ok(job) => (&job.id, job.id_source),
                 Err(invalid) => (&invalid.id, invalid.id_source),

@@ -341,3 +341,79 @@ async fn an_apps_file_with_an_inline_secret_fails_start_up_without_printing_it()
     assert!(String::from_utf8_lossy(&output.stderr).contains("--apps-file and --sdkappid"));
     apps.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_refusal_holds_only_its_app_until_resume_of_that_app() {
+    let apps = Apps::start(100).await;
+    // App B's admin account is not an admin (90009): its right key, refused.
+    apps.sim_b.simulator.set_faults(Faults { always: Some(90009), ..Faults::default() });
+    let a_jobs: Vec<_> = (0..300).map(|i| job(&format!("a-{i}"), &format!("ua{i}"), &["t"])).collect();
+    let b_jobs: Vec<_> = (0..300).map(|i| job(&format!("b-{i}"), &format!("ub{i}"), &["t"])).collect();
+    apps.publish(APP_B, &b_jobs).await;
+    apps.publish(SDKAPPID, &a_jobs).await;
+
+    // The first worker: B is refused and stops alone, its refusal remembered
+    // for its app and key; A finishes.
+    let worker = apps.env.spawn_worker(apps.config(KEY_B));
+    apps.wait_for(SDKAPPID, "succeeded", 300, Duration::from_secs(30)).await;
+    let stops = || async {
+        sqlx::query_as::<_, (i64, i32)>("SELECT sdkappid, error_code FROM credential_stops")
+            .fetch_all(&apps.env.pool)
+            .await
+            .expect("the credential_stops table")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while stops().await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "B's refusal was never remembered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stops().await, [(APP_B as i64, 90009)], "remembered for app B only");
+    let summary = worker.stop().await.expect("A was still serving: a clean stop");
+    assert_eq!(summary.succeeded, 300);
+    assert_eq!(apps.env.depth(&apps.topology(APP_B).queue).await, 300, "B's jobs all back in its queue");
+    let b_calls = apps.sim_b.simulator.stats().calls;
+    assert!(b_calls >= 1);
+
+    // The restart, same keys: A flows, B stands by without a consumer.
+    let mut config = apps.config(KEY_B);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    config.metrics_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    let worker = apps.env.spawn_worker(config);
+    let more: Vec<_> = (0..500).map(|i| job(&format!("a2-{i}"), &format!("va{i}"), &["t"])).collect();
+    apps.publish(SDKAPPID, &more).await;
+    apps.wait_for(SDKAPPID, "succeeded", 800, Duration::from_secs(30)).await;
+    // Two polls of the stop table, and more, with B's queue untouched:
+    // the queue's count is its ready messages, so none is in the worker's hands.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(apps.env.depth(&apps.topology(APP_B).queue).await, 300, "B took no delivery");
+    assert_eq!(apps.sim_b.simulator.stats().calls, b_calls, "B made no call");
+    assert_eq!(apps.rows_of(APP_B, "succeeded").await + apps.rows_of(APP_B, "dead_lettered").await, 0);
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body = ready.text().await.unwrap();
+    assert!(body.contains(&format!("app {APP_B} credential stop")), "{body}");
+    assert!(!body.contains(&format!("app {SDKAPPID}")), "app A takes jobs: {body}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("tagsweep_credential_stopped{app=\""), "the gauge is per app");
+
+    // Tencent's side fixed; `resume --app B` clears only B's stop (and a
+    // stop of app A's key, were there one, would stay): B finishes.
+    apps.sim_b.simulator.set_faults(Faults::default());
+    sqlx::query(
+        "INSERT INTO credential_stops (sdkappid, fingerprint, error_code, error_info, fix)
+         VALUES ($1, 'an-old-key-of-a', 70009, 'bad sig', 'check the key')",
+    )
+    .bind(SDKAPPID as i64)
+    .execute(&apps.env.pool)
+    .await
+    .unwrap();
+    let resumed = apps.env.tagsweep_process().args(["resume", "--app", &APP_B.to_string()]).output().await.unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    apps.wait_for(APP_B, "succeeded", 300, Duration::from_secs(30)).await;
+    assert_eq!(stops().await, [(SDKAPPID as i64, 70009)], "only app B's stop was cleared");
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+    let summary = worker.stop().await.unwrap();
+    assert_eq!(summary.succeeded, 800, "the restarted worker: A's 500 and B's 300");
+    apps.cleanup().await;
+}

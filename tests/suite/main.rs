@@ -28,4 +28,5 @@ mod production;
 mod request_shape;
 mod shutdown;
 mod simulator;
+mod store;
 mod usersig_vectors;

@@ -140,7 +140,11 @@ impl Store {
 
     /// Creates or updates the tables (migrations/ is embedded at build time).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        let migrator = sqlx::migrate!("./migrations");
+        if record::up_to_date(&self.pool, &migrator).await {
+            return Ok(());
+        }
+        migrator.run(&self.pool).await?;
         Ok(())
     }
 

@@ -84,6 +84,23 @@ pub(super) async fn record(pool: &PgPool, sdkappid: u64, calls: &[CallRow], jobs
     Ok(())
 }
 
+/// Whether the database already has exactly these migrations, applied
+/// with the same checksums: one query, where the migrator's own check
+/// takes a lock, a `CREATE TABLE IF NOT EXISTS` and several round trips
+/// (a worker's start-up waits for it). Anything else, or any error, says
+/// no, and the migrator runs and reports as usual.
+pub(super) async fn up_to_date(pool: &PgPool, migrator: &sqlx::migrate::Migrator) -> bool {
+    let applied: Vec<(i64, Vec<u8>)> =
+        match sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success").fetch_all(pool).await {
+            Ok(applied) => applied,
+            Err(_) => return false,
+        };
+    let wanted: Vec<(i64, &[u8])> =
+        migrator.iter().filter(|m| !m.migration_type.is_down_migration()).map(|m| (m.version, &*m.checksum)).collect();
+    applied.len() == wanted.len()
+        && applied.iter().all(|(version, checksum)| wanted.contains(&(*version, checksum.as_slice())))
+}
+
 /// Job rows between two summaries of the `finished_at` BRIN index: about a
 /// dozen of its 128-page ranges.
 const SUMMARIZE_EVERY: u64 = 100_000;

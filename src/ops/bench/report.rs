@@ -101,6 +101,13 @@ fn scenario(out: &mut String, options: &BenchOptions, m: &Measured) {
         metric(&d.scraped, "tagsweep_db_statements_total") / batches,
         metric(&d.scraped, "tagsweep_broker_acks_total") / batches
     );
+    let persists = metric(&d.scraped, "tagsweep_persist_seconds_count").max(1.0);
+    let _ = writeln!(
+        out,
+        "  persist          {:.1} ms per group on average, {:.0} rows a group",
+        1000.0 * metric(&d.scraped, "tagsweep_persist_seconds_sum") / persists,
+        metric(&d.scraped, "tagsweep_persist_rows_sum") / persists
+    );
     let waits = metric(&d.scraped, "tagsweep_pacing_wait_seconds_count").max(1.0);
     let _ = writeln!(
         out,

@@ -39,6 +39,7 @@ fn row(job_id: &str, tags: &[&str], status: &'static str, calls: &[&CallRow], at
     }
 }
 
+type StoredCall = (Uuid, Option<i32>, Option<String>, String, Option<i64>);
 type Stored = (Option<String>, Vec<String>, String, i32, Option<i32>, Option<String>, Vec<Uuid>, Option<i64>);
 
 async fn stored(env: &TestEnv, job_id: &str) -> Stored {
@@ -83,7 +84,7 @@ async fn rows_read_back_as_written_and_keep_their_first_outcome() {
     );
     assert_eq!(info.as_deref(), Some("refused \"70107\", with a \\ and a comma,"));
     assert_eq!(call_ids, vec![ok.call_id, refused.call_id]);
-    let calls: Vec<(Uuid, Option<i32>, Option<String>, String, Option<i64>)> =
+    let calls: Vec<StoredCall> =
         sqlx::query_as("SELECT call_id, error_code, error_info, outcome, sdkappid FROM api_calls ORDER BY call_id")
             .fetch_all(&env.pool)
             .await
@@ -100,7 +101,7 @@ async fn rows_read_back_as_written_and_keep_their_first_outcome() {
     // first outcome stays.
     let again = call("success", None, now);
     let second = row("failed", &["other"], SUCCEEDED, &[&again], now);
-    store.record(1400000000, &[again.clone(), refused.clone()], &[second.clone()]).await.unwrap();
+    store.record(1400000000, &[again.clone(), refused.clone()], &[second]).await.unwrap();
     let (_, tags, status, _, code, _, call_ids, _) = stored(&env, "failed").await;
     assert_eq!((tags.len(), status.as_str(), code), (2, DEAD_LETTERED, Some(70107)));
     assert_eq!(call_ids, vec![ok.call_id, refused.call_id]);
@@ -112,7 +113,7 @@ async fn rows_read_back_as_written_and_keep_their_first_outcome() {
         .await
         .unwrap();
     let later = row("failed", &["a", "b"], SUCCEEDED, &[&again], now + Duration::minutes(5));
-    store.record(1400000000, &[again.clone()], &[later]).await.unwrap();
+    store.record(1400000000, std::slice::from_ref(&again), &[later]).await.unwrap();
     let (_, _, status, _, code, _, call_ids, _) = stored(&env, "failed").await;
     assert_eq!((status.as_str(), code), (SUCCEEDED, None));
     assert_eq!(call_ids, vec![ok.call_id, refused.call_id, again.call_id]);

@@ -65,10 +65,13 @@ pub(super) struct Startup {
     pub(super) steps: Vec<(String, u64)>,
 }
 
+/// The "consuming" line's time and its steps' milliseconds.
+type Consuming = (DateTime<Utc>, Vec<(String, u64)>);
+
 struct Worker {
     child: Child,
     metrics_port: u16,
-    log: JoinHandle<Option<(DateTime<Utc>, Vec<(String, u64)>)>>,
+    log: JoinHandle<Option<Consuming>>,
 }
 
 impl Fleet<'_> {
@@ -211,7 +214,7 @@ impl Fleet<'_> {
 /// Reads a worker's JSON log lines (passing them on with
 /// `TAGSWEEP_BENCH_WORKER_LOGS`) and returns the "consuming" line's time
 /// and steps.
-async fn read_log(stderr: tokio::process::ChildStderr) -> Option<(DateTime<Utc>, Vec<(String, u64)>)> {
+async fn read_log(stderr: tokio::process::ChildStderr) -> Option<Consuming> {
     let forward = std::env::var_os("TAGSWEEP_BENCH_WORKER_LOGS").is_some();
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     let mut found = None;
@@ -230,7 +233,7 @@ async fn read_log(stderr: tokio::process::ChildStderr) -> Option<(DateTime<Utc>,
 const STEPS: [&str; 5] = ["database", "migrate", "broker", "declare", "client"];
 
 /// The timestamp and `*_ms` fields of the worker's "consuming" line.
-fn consuming_line(line: &str) -> Option<(DateTime<Utc>, Vec<(String, u64)>)> {
+fn consuming_line(line: &str) -> Option<Consuming> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = value.as_object()?;
     if fields.get("message")?.as_str()? != "tagsweep worker consuming" {

@@ -46,10 +46,14 @@ pub(super) struct Started {
 /// refusal of this key is remembered: then no consumer (None) until an
 /// operator clears it; the coordinator checks every few seconds.
 pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, Option<Consumer>), WorkerError> {
+    // Each step's time goes into the "consuming" line (the bench reads it).
+    let mut steps = Steps::new();
     // PostgreSQL first: a worker that consumes before it can record would
     // only hand every message back, and each return spends the delivery limit.
     let store = Store::connect_within(&config.database_url, 10, config.connect_timeout, Role::Worker).await?;
+    let database_ms = steps.next();
     store.migrate().await?;
+    let migrate_ms = steps.next();
     health.set_database(true);
 
     // Only "not up yet" is waited for (up to --connect-timeout-ms); a
@@ -57,6 +61,7 @@ pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, 
     let connection = crate::connect::broker(&config.amqp_url, "tagsweep worker", config.connect_timeout)
         .await
         .map_err(QueueError::from)?;
+    let broker_ms = steps.next();
     let channel = connection.create_channel().await.map_err(QueueError::from)?;
     queue::declare(&channel, &config.topology).await?;
     let dead_letters = DeadLetters::open(&connection, &config.topology.dead_letter_exchange).await?;
@@ -98,18 +103,42 @@ pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, 
             Some(consumer)
         }
     };
+    let declare_ms = steps.next();
 
     let calls = Arc::new(call_context(config, &store)?);
+    let client_ms = steps.next();
     tracing::info!(
         queue = %config.topology.queue,
         api = %config.api.base_url,
         max_calls_per_second = config.max_calls_per_second,
         batch_size = config.batch_size.get(),
         prefetch = config.prefetch,
+        database_ms,
+        migrate_ms,
+        broker_ms,
+        declare_ms,
+        client_ms,
         "tagsweep worker {}",
         if consumer.is_some() { "consuming" } else { "standing by (credential stop)" }
     );
     Ok((Started { store, connection, channel, dead_letters, consumer_tag, calls, fingerprint, remembered }, consumer))
+}
+
+/// Milliseconds spent in each start-up step.
+struct Steps(std::time::Instant);
+
+impl Steps {
+    fn new() -> Self {
+        Steps(std::time::Instant::now())
+    }
+
+    /// Since the previous step.
+    fn next(&mut self) -> u64 {
+        let now = std::time::Instant::now();
+        let ms = now.duration_since(self.0).as_millis();
+        self.0 = now;
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
 }
 
 /// The signer, the HTTP client and the pacer every call task shares.

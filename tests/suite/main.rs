@@ -32,4 +32,5 @@ mod replay;
 mod request_shape;
 mod shutdown;
 mod simulator;
+mod store;
 mod usersig_vectors;

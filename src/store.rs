@@ -15,8 +15,10 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
+mod errors;
 mod stops;
 
+pub use errors::{Fault, fault_of_sqlstate};
 pub use stops::{CredentialStop, fingerprint};
 
 pub const SUCCEEDED: &str = "succeeded";

@@ -175,7 +175,8 @@ async fn terminal_ids(store: &Store, ids: &[String]) -> Checked {
     };
     tracing::warn!("PostgreSQL refused the admission check for its data ({error}); isolating the id at fault");
     let mut finished = HashSet::new();
-    let mut ranges: Vec<std::ops::Range<usize>> = Vec::from([0..ids.len()]);
+    let mut ranges = Vec::with_capacity(8);
+    ranges.push(0..ids.len());
     while let Some(range) = ranges.pop() {
         match store.terminal_ids(&ids[range.clone()]).await {
             Ok(found) => finished.extend(found),

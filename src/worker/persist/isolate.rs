@@ -33,7 +33,8 @@ pub(super) async fn isolate(
 ) -> Result<Isolated, StoreError> {
     write_calls(store, sdkappid, calls).await?;
     let mut isolated = Isolated::default();
-    let mut ranges: Vec<std::ops::Range<usize>> = Vec::from([0..rows.len()]);
+    let mut ranges = Vec::with_capacity(8);
+    ranges.push(0..rows.len());
     while let Some(range) = ranges.pop() {
         if range.is_empty() {
             continue;

@@ -96,7 +96,7 @@ async fn sigterm_while_letters_are_held_returns_them_and_a_new_worker_finishes()
     assert_eq!(output.status.code(), Some(0), "clean exit; stderr:\n{stderr}");
     println!("SIGTERM with 5 letters held: exited in {stopped_in:?}");
     let refusals = stderr.lines().filter(|l| l.contains("is not taking dead letters")).count();
-    assert!(refusals >= 1 && refusals <= 2, "one throttled line naming the queue, not one per try:\n{stderr}");
+    assert!((1..=3).contains(&refusals), "one throttled line naming the queue, not one per try:\n{stderr}");
     assert!(stderr.contains(&env.topology.dead_letter_queue) && stderr.contains("Fix:"), "{stderr}");
 
     // The held jobs went back to the queue, their letters unsent.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio::sync::Mutex;
 
@@ -32,14 +32,76 @@ pub struct DeadLetter {
     pub attempts: i32,
 }
 
-/// The original properties with the CONTRACT §3 headers added.
-fn with_failure_headers(letter: &DeadLetter) -> BasicProperties {
-    let mut headers = letter.properties.headers().clone().unwrap_or_default();
+/// Names the original headers left out of a dead letter to fit its frame.
+pub const HEADER_HEADERS_DROPPED: &str = "x-tagsweep-headers-dropped";
+
+/// Room kept in a content-header frame for everything but the headers: the
+/// frame's own fields and a dozen short strings of at most 256 bytes.
+const OTHER_PROPERTIES: usize = 4096;
+
+/// The most header bytes a letter may carry on a connection whose frames
+/// are at most `frame_max` bytes (0: no limit). The properties travel in
+/// one frame; a larger one is a FRAME_ERROR that closes the connection
+/// with every delivery on it.
+fn header_budget(frame_max: u32) -> usize {
+    match frame_max {
+        0 => usize::MAX,
+        max => (max as usize).saturating_sub(OTHER_PROPERTIES),
+    }
+}
+
+/// The original properties with the CONTRACT §3 headers added. A producer
+/// may send headers that fill its frame; ours would then overflow it, so
+/// the largest original headers are left out (and named in
+/// [`HEADER_HEADERS_DROPPED`]) until the letter fits `budget`.
+fn with_failure_headers(letter: &DeadLetter, budget: usize) -> BasicProperties {
+    let mut headers = letter.properties.headers().as_ref().map(|h| h.inner().clone()).unwrap_or_default();
+    let mut originals: Vec<(ShortString, usize)> =
+        headers.iter().map(|(name, value)| (name.clone(), entry_size(name, value))).collect();
+    originals.sort_by_key(|(_, size)| std::cmp::Reverse(*size));
     headers.insert(HEADER_JOB_ID.into(), AMQPValue::LongString(letter.job_id.as_str().into()));
     headers.insert(HEADER_ERROR_CODE.into(), AMQPValue::LongInt(letter.error_code));
     headers.insert(HEADER_ERROR_INFO.into(), AMQPValue::LongString(letter.error_info.as_str().into()));
     headers.insert(HEADER_ATTEMPTS.into(), AMQPValue::LongInt(letter.attempts));
-    without_expiration(&letter.properties).with_headers(headers)
+    let mut dropped = Vec::new();
+    // Room for the list of what was left out, too.
+    let mut size = table_size(&headers) + 512;
+    for (name, entry) in originals {
+        if size <= budget {
+            break;
+        }
+        headers.remove(&name);
+        size -= entry;
+        dropped.push(format!("{} ({entry} bytes)", name.as_str()));
+    }
+    if !dropped.is_empty() {
+        let names = dropped.join(", ");
+        headers.insert(
+            HEADER_HEADERS_DROPPED.into(),
+            AMQPValue::LongString(names.chars().take(400).collect::<String>().into()),
+        );
+    }
+    without_expiration(&letter.properties).with_headers(FieldTable::from(headers))
+}
+
+/// Encoded size of a header table (an upper bound for scalars).
+fn table_size(table: &std::collections::BTreeMap<ShortString, AMQPValue>) -> usize {
+    4 + table.iter().map(|(name, value)| entry_size(name, value)).sum::<usize>()
+}
+
+fn entry_size(name: &ShortString, value: &AMQPValue) -> usize {
+    1 + name.as_str().len() + 1 + value_size(value)
+}
+
+fn value_size(value: &AMQPValue) -> usize {
+    match value {
+        AMQPValue::LongString(s) => 4 + s.as_bytes().len(),
+        AMQPValue::ShortString(s) => 1 + s.as_str().len(),
+        AMQPValue::ByteArray(b) => 4 + b.as_slice().len(),
+        AMQPValue::FieldArray(items) => 4 + items.as_slice().iter().map(|v| 1 + value_size(v)).sum::<usize>(),
+        AMQPValue::FieldTable(table) => table_size(table.inner()),
+        _ => 9,
+    }
 }
 
 /// The properties less `expiration`: a producer's per-message TTL would
@@ -148,6 +210,7 @@ impl DeadLetters {
                 return letters.iter().map(|_| Err(why.clone())).collect();
             }
         };
+        let budget = header_budget(self.connection.configuration().frame_max());
         let mut pending = Vec::with_capacity(letters.len());
         for letter in letters {
             let published = channel
@@ -156,7 +219,7 @@ impl DeadLetters {
                     letter.routing_key.as_str().into(),
                     BasicPublishOptions::default(),
                     &letter.body,
-                    with_failure_headers(letter),
+                    with_failure_headers(letter, budget),
                 )
                 .await;
             pending.push(published);
@@ -256,7 +319,7 @@ impl DeadLetters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::header_int;
+    use crate::queue::{header_int, header_str};
 
     #[test]
     fn a_dead_letter_keeps_the_properties_but_not_the_producers_ttl() {
@@ -275,12 +338,35 @@ mod tests {
             error_info: "no such user".into(),
             attempts: 1,
         };
-        let sent = with_failure_headers(&letter);
+        let sent = with_failure_headers(&letter, usize::MAX);
         assert_eq!(sent.expiration(), &None, "the letter must not expire in tagsweep.dead");
         assert_eq!(sent.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
         assert_eq!(sent.content_type().as_ref().map(|m| m.as_str()), Some("application/json"));
         assert_eq!(sent.delivery_mode(), &Some(2));
         assert_eq!(sent.app_id().as_ref().map(|m| m.as_str()), Some("shop"));
         assert_eq!(header_int(&sent, HEADER_ERROR_CODE), Some(70107));
+    }
+
+    #[test]
+    fn headers_that_would_overflow_the_frame_are_left_out_and_named() {
+        let mut headers = FieldTable::default();
+        headers.insert("x-big".into(), AMQPValue::LongString("h".repeat(130_000).into()));
+        headers.insert("x-small".into(), AMQPValue::LongString("keep".into()));
+        let letter = DeadLetter {
+            job_id: "j1".into(),
+            routing_key: "remove".into(),
+            body: Vec::new(),
+            properties: BasicProperties::default().with_headers(headers),
+            error_code: 0,
+            error_info: "invalid job: account must not be empty".into(),
+            attempts: 0,
+        };
+        let sent = with_failure_headers(&letter, header_budget(131_072));
+        assert_eq!(header_str(&sent, "x-big"), None);
+        assert_eq!(header_str(&sent, "x-small").as_deref(), Some("keep"));
+        assert_eq!(header_str(&sent, HEADER_HEADERS_DROPPED).as_deref(), Some("x-big (130011 bytes)"));
+        assert_eq!(header_str(&sent, HEADER_JOB_ID).as_deref(), Some("j1"));
+        let kept = with_failure_headers(&letter, usize::MAX);
+        assert!(header_str(&kept, "x-big").is_some(), "kept where the frame has room");
     }
 }

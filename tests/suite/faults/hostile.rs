@@ -193,15 +193,20 @@ fn cases() -> Vec<Case> {
     );
     nul_id.properties = BasicProperties::default().with_message_id("m\0id".into());
     cases.push(nul_id);
-    // headers: 100 KiB of them, on a valid job and on one dead-lettered
-    // (its letter carries them back out).
-    for (name, account, expect) in
-        [("headers-huge", "a", Succeeds), ("headers-huge-bad", "", Invalid("account must not be empty"))]
-    {
+    // headers: 100 KiB of them, and as many as the broker's frame (128 KiB)
+    // takes, on a valid job and on one dead-lettered (its letter carries
+    // them back out, or names those that no longer fit).
+    let empty = Invalid("account must not be empty");
+    for (name, account, size, expect) in [
+        ("headers-huge", "a", 100 * 1024, Succeeds),
+        ("headers-huge-bad", "", 100 * 1024, empty),
+        ("headers-frame", "a", 130_900, Succeeds),
+        ("headers-frame-bad", "", 130_900, empty),
+    ] {
         let mut with_headers =
             case(name, Some(&id(name)), json!({"job_id": id(name), "account": account, "tags": ["t"]}), expect);
         let mut headers = FieldTable::default();
-        headers.insert("x-big".into(), AMQPValue::LongString("h".repeat(100 * 1024).into()));
+        headers.insert("x-big".into(), AMQPValue::LongString("h".repeat(size).into()));
         headers.insert("x-nul".into(), AMQPValue::LongString("a\0b".into()));
         with_headers.properties = with_headers.properties.with_headers(headers);
         cases.push(with_headers);
@@ -310,6 +315,12 @@ async fn hostile_values_in_every_field_among_valid_jobs() {
         .find(|l| header_str(&l.properties, "x-tagsweep-job-id").as_deref() == Some("h-headers-huge-bad"))
         .expect("the letter with 100 KiB of headers");
     assert_eq!(header_str(&huge.properties, "x-big").map(|h| h.len()), Some(100 * 1024), "its headers kept");
+    let full = letters
+        .iter()
+        .find(|l| header_str(&l.properties, "x-tagsweep-job-id").as_deref() == Some("h-headers-frame-bad"))
+        .expect("the letter whose headers filled the frame");
+    assert_eq!(header_str(&full.properties, "x-big"), None, "left out: the letter would overflow the frame");
+    assert_eq!(header_str(&full.properties, "x-tagsweep-headers-dropped").as_deref(), Some("x-big (130911 bytes)"));
     println!("hostile values: published {published}, rows {}, dead letters {}, lost 0", rows.len(), letters.len());
     env.cleanup().await;
 }

@@ -17,7 +17,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use tokio::sync::Mutex;
 
-use super::{HEADER_ATTEMPTS, HEADER_ERROR_CODE, HEADER_ERROR_INFO, HEADER_JOB_ID, QueueError};
+use super::{HEADER_ATTEMPTS, HEADER_ERROR_CODE, HEADER_ERROR_INFO, HEADER_HEADERS_DROPPED, HEADER_JOB_ID, QueueError};
 use crate::config::Topology;
 
 /// A job to dead-letter: the original message plus why it failed.
@@ -31,9 +31,6 @@ pub struct DeadLetter {
     pub error_info: String,
     pub attempts: i32,
 }
-
-/// Names the original headers left out of a dead letter to fit its frame.
-pub const HEADER_HEADERS_DROPPED: &str = "x-tagsweep-headers-dropped";
 
 /// Room kept in a content-header frame for everything but the headers: the
 /// frame's own fields and a dozen short strings of at most 256 bytes.

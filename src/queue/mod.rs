@@ -31,6 +31,8 @@ pub const HEADER_JOB_ID: &str = "x-tagsweep-job-id";
 pub const HEADER_ERROR_CODE: &str = "x-tagsweep-error-code";
 pub const HEADER_ERROR_INFO: &str = "x-tagsweep-error-info";
 pub const HEADER_ATTEMPTS: &str = "x-tagsweep-attempts";
+/// Names the original headers left out of a dead letter to fit its frame.
+pub const HEADER_HEADERS_DROPPED: &str = "x-tagsweep-headers-dropped";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {

@@ -16,9 +16,11 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
+mod errors;
 mod record;
 mod stops;
 
+pub use errors::{Fault, fault_of_sqlstate};
 pub use stops::{CredentialStop, fingerprint};
 
 pub const SUCCEEDED: &str = "succeeded";

@@ -275,7 +275,8 @@ fn register_zeros() {
 /// What /readyz and /healthz report.
 ///
 /// Ready only while both connections are up, the app is not paused
-/// (`tagsweep pause`) and no credential stop is remembered for this key.
+/// (`tagsweep pause`), no credential stop is remembered for this key and
+/// no dead letter waits for the dead-letter queue to accept it.
 /// Live unless the worker holds jobs and has made no progress with them (a
 /// report from a call task, a recorded group, an ack) for the stall
 /// timeout: then an orchestrator should restart it. Holding nothing is
@@ -292,6 +293,9 @@ pub(crate) struct Health {
     last_progress_ms: AtomicU64,
     /// 0: the watchdog is off.
     stall_timeout_ms: AtomicU64,
+    /// Jobs whose dead letter the broker refused, held until it accepts
+    /// (not ready meanwhile).
+    letters_held: AtomicU64,
 }
 
 /// The process's own clock origin for [`Health`]'s timestamps.
@@ -326,6 +330,17 @@ impl Health {
             && self.database.load(Ordering::Relaxed)
             && !self.is_paused()
             && !self.is_credential_stopped()
+            && self.letters_held.load(Ordering::Relaxed) == 0
+    }
+
+    /// `n` more jobs wait for the dead-letter queue to accept their letter.
+    pub(crate) fn hold_letters(&self, n: u64) {
+        self.letters_held.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` held letters were confirmed, or their jobs handed back.
+    pub(crate) fn release_letters(&self, n: u64) {
+        self.letters_held.fetch_sub(n, Ordering::Relaxed);
     }
 
     pub(crate) fn is_paused(&self) -> bool {

@@ -45,6 +45,9 @@ use crate::queue::QueueError;
 use crate::store::StoreError;
 use crate::telemetry::Health;
 
+/// How long closing the broker connection may take at the end of a run.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the worker stopped other than by request.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -100,9 +103,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         }
         None => None,
     };
-    let (started, consumer) = startup::start(&config, &health).await?;
+    // A worker still waiting for PostgreSQL or RabbitMQ to come up holds no
+    // delivery yet: a shutdown then simply ends the wait.
+    let mut shutdown = Box::pin(shutdown);
+    let (started, consumer) = tokio::select! {
+        started = startup::start(&config, &health) => started?,
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested while starting: stopped before taking any message");
+            return Ok(Summary::default());
+        }
+    };
     let result = coordinator::run(&config, &started, consumer, health, shutdown).await;
-    started.close().await;
+    // Closing waits for the broker's answer: bounded, so a broker that went
+    // away cannot keep the process past its grace period.
+    if tokio::time::timeout(CLOSE_WAIT, started.close()).await.is_err() {
+        tracing::warn!("the broker did not answer the close within {CLOSE_WAIT:?}; leaving anyway");
+    }
     // An error is the caller's to report (a credential stop was logged
     // once, when it happened).
     if let Ok(summary) = &result {

@@ -31,7 +31,7 @@ use crate::usersig::Signer;
 /// What a running worker holds on to until it stops.
 pub(super) struct Started {
     pub(super) store: Store,
-    connection: Connection,
+    connection: Arc<Connection>,
     pub(super) channel: Channel,
     pub(super) dead_letters: DeadLetters,
     pub(super) consumer_tag: String,
@@ -61,10 +61,11 @@ pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, 
     let connection = crate::connect::broker(&config.amqp_url, "tagsweep worker", config.connect_timeout)
         .await
         .map_err(QueueError::from)?;
+    let connection = Arc::new(connection);
     let broker_ms = steps.next();
     let channel = connection.create_channel().await.map_err(QueueError::from)?;
     queue::declare(&channel, &config.topology).await?;
-    let dead_letters = DeadLetters::open(&connection, &config.topology.dead_letter_exchange).await?;
+    let dead_letters = DeadLetters::open(connection.clone(), &config.topology).await?;
     health.set_broker(true);
     let fingerprint = crate::store::fingerprint(&config.credential);
     let remembered = store.stop_for(config.api.sdkappid, &fingerprint).await?;

@@ -19,6 +19,7 @@ mod cli;
 mod console;
 mod crash_safety;
 mod failures;
+mod faults;
 mod fleet;
 mod guards;
 mod hostile_input;

@@ -26,6 +26,7 @@ explain() {
 explain "by account" "$sel WHERE account = 'user42' ORDER BY received_at DESC LIMIT 50"
 explain "by job id" "$sel WHERE job_id = 'job-4242'"
 explain "by status and time" "$sel WHERE status = 'dead_lettered' AND received_at >= now() - interval '1 day' ORDER BY received_at DESC LIMIT 50"
+explain "succeeded, newest (not in the partial status index)" "$sel WHERE status = 'succeeded' ORDER BY received_at DESC LIMIT 50"
 explain "by error code" "$sel WHERE error_code = 70107 ORDER BY received_at DESC LIMIT 50"
 explain "by time range" "$sel WHERE received_at >= now() - interval '2 hours' AND received_at < now() - interval '1 hour' ORDER BY received_at DESC LIMIT 50"
 explain "summary per hour, last day" "SELECT date_trunc('hour', received_at), status, error_code, count(*) FROM tag_removal_jobs WHERE received_at >= now() - interval '1 day' GROUP BY 1, 2, 3"

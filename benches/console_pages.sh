@@ -36,6 +36,9 @@ SELECT 'job-' || g, 'user' || (g % 200000), ARRAY['t' || (g % 50)],
        md5('c' || g)::uuid, CASE WHEN g % 3 = 0 THEN 20000001 ELSE 1400000000 END
 FROM generate_series(1, 1000000) g;
 ANALYZE tag_removal_jobs; ANALYZE api_calls;
+-- What the worker does every 100,000 rows (and autovacuum's autosummarize):
+-- the finished_at BRIN index knows the new pages' ranges.
+SELECT brin_summarize_new_values('tag_removal_jobs_finished_at');
 SQL
 
 cursor=$(date -u -d '-3 hours' +%Y-%m-%dT%H:%M:%SZ)

@@ -1,11 +1,12 @@
 //! PostgreSQL: the job table and the call log (CONTRACT §4).
 //!
 //! Writes are per batch, never per job: [`Store::record`] puts a group of
-//! call rows and job rows in with one statement (the rows travel as one
-//! JSON document, unpacked by `jsonb_to_recordset`), so the worker's cost in
-//! database round trips does not grow with the batch size.
+//! call rows and job rows in with one statement (see `record`), so the
+//! worker's cost in database round trips does not grow with the batch size.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,8 +16,11 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
+mod errors;
+mod record;
 mod stops;
 
+pub use errors::{Fault, fault_of_sqlstate};
 pub use stops::{CredentialStop, fingerprint};
 
 pub const SUCCEEDED: &str = "succeeded";
@@ -30,8 +34,6 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("could not encode rows: {0}")]
-    Encode(#[from] serde_json::Error),
 }
 
 /// One API call, as the call log keeps it.
@@ -97,45 +99,10 @@ impl StoreError {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Job rows this process wrote: every so many, the finished_at BRIN
+    /// index is summarised (see `record::summarize_if_due`).
+    written: Arc<AtomicU64>,
 }
-
-const RECORD: &str = r#"
-WITH calls AS (
-    INSERT INTO api_calls
-        (call_id, started_at, latency_ms, entries, attempt, http_status, error_code, error_info, outcome, sdkappid)
-    SELECT call_id, started_at, latency_ms, entries, attempt, http_status, error_code, error_info, outcome, $3
-    FROM jsonb_to_recordset($1::jsonb) AS c(
-        call_id uuid, started_at timestamptz, latency_ms int, entries int, attempt int,
-        http_status int, error_code int, error_info text, outcome text)
-    ON CONFLICT (call_id) DO NOTHING
-)
-INSERT INTO tag_removal_jobs
-    (job_id, account, tags, status, attempts, error_code, error_info, received_at, finished_at, last_call_id,
-     sdkappid, call_ids, all_tags)
-SELECT j.job_id, j.account, ARRAY(SELECT jsonb_array_elements_text(j.tags)), j.status, j.attempts,
-       j.error_code, j.error_info, j.received_at, j.finished_at, j.last_call_id, $3,
-       ARRAY(SELECT jsonb_array_elements_text(j.call_ids)::uuid), j.all_tags
-FROM jsonb_to_recordset($2::jsonb) AS j(
-    job_id text, account text, tags jsonb, status text, attempts int, error_code int,
-    error_info text, received_at timestamptz, finished_at timestamptz, last_call_id uuid, call_ids jsonb,
-    all_tags boolean)
-ON CONFLICT (job_id) DO UPDATE SET
-    account      = EXCLUDED.account,
-    tags         = EXCLUDED.tags,
-    all_tags     = EXCLUDED.all_tags,
-    status       = EXCLUDED.status,
-    attempts     = EXCLUDED.attempts,
-    error_code   = EXCLUDED.error_code,
-    error_info   = EXCLUDED.error_info,
-    received_at  = LEAST(tag_removal_jobs.received_at, EXCLUDED.received_at),
-    finished_at  = EXCLUDED.finished_at,
-    last_call_id = EXCLUDED.last_call_id,
-    sdkappid     = EXCLUDED.sdkappid,
-    -- A replayed job keeps the calls of its first life too.
-    call_ids     = tag_removal_jobs.call_ids || EXCLUDED.call_ids
--- A terminal row is final: a job sent twice keeps its first outcome.
-WHERE tag_removal_jobs.status NOT IN ('succeeded', 'dead_lettered')
-"#;
 
 impl Store {
     /// Connects for an operator command, waiting a little for a database
@@ -167,11 +134,11 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Store { pool })
+        Ok(Store::from_pool(pool))
     }
 
     pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
+        Store { pool, written: Arc::default() }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -180,7 +147,11 @@ impl Store {
 
     /// Creates or updates the tables (migrations/ is embedded at build time).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        let migrator = sqlx::migrate!("./migrations");
+        if record::up_to_date(&self.pool, &migrator).await {
+            return Ok(());
+        }
+        migrator.run(&self.pool).await?;
         Ok(())
     }
 
@@ -211,12 +182,8 @@ impl Store {
         if calls.is_empty() && jobs.is_empty() {
             return Ok(());
         }
-        sqlx::query(RECORD)
-            .bind(serde_json::to_value(calls)?)
-            .bind(serde_json::to_value(jobs)?)
-            .bind(i64::try_from(sdkappid).ok())
-            .execute(&self.pool)
-            .await?;
+        record::record(&self.pool, sdkappid, calls, jobs).await?;
+        record::summarize_if_due(&self.pool, &self.written, jobs.len()).await;
         Ok(())
     }
 

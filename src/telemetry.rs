@@ -289,9 +289,10 @@ pub(crate) fn register_app_zeros(app: u64) {
 
 /// What /readyz and /healthz report.
 ///
-/// Ready only while both connections are up and every app takes jobs:
-/// none paused (`tagsweep pause`), none stopped on a credential refusal in
-/// this run, none standing by on a refusal remembered for its key. Live
+/// Ready only while both connections are up, every app takes jobs (none
+/// paused with `tagsweep pause`, none stopped on a credential refusal in
+/// this run, none standing by on a refusal remembered for its key) and no
+/// dead letter waits for the dead-letter queue to accept it. Live
 /// unless the worker holds jobs and has made no progress with them (a
 /// report from a call task, a recorded group, an ack) for the stall
 /// timeout: then an orchestrator should restart it. Holding nothing is
@@ -307,6 +308,9 @@ pub(crate) struct Health {
     work: Mutex<std::collections::BTreeMap<u64, Work>>,
     /// 0: the watchdog is off.
     stall_timeout_ms: AtomicU64,
+    /// Jobs whose dead letter the broker refused, held until it accepts
+    /// (not ready meanwhile).
+    letters_held: AtomicU64,
 }
 
 /// One app's work in hand, as of its coordinator's last look.
@@ -379,16 +383,34 @@ impl Health {
     }
 
     pub(crate) fn ready(&self) -> bool {
-        self.broker.load(Ordering::Relaxed) && self.database.load(Ordering::Relaxed) && self.idle().is_empty()
+        self.broker.load(Ordering::Relaxed)
+            && self.database.load(Ordering::Relaxed)
+            && self.idle().is_empty()
+            && self.letters_held.load(Ordering::Relaxed) == 0
+    }
+
+    /// `n` more jobs wait for the dead-letter queue to accept their letter.
+    pub(crate) fn hold_letters(&self, n: u64) {
+        self.letters_held.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` held letters were confirmed, or their jobs handed back.
+    pub(crate) fn release_letters(&self, n: u64) {
+        self.letters_held.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Why /readyz says no, for its body: one line per app not taking jobs.
     fn not_ready(&self) -> String {
         let idle = self.idle();
-        if idle.is_empty() {
-            return "not connected to the broker and the database".into();
-        }
+        let held = self.letters_held.load(Ordering::Relaxed);
+        let connected = self.broker.load(Ordering::Relaxed) && self.database.load(Ordering::Relaxed);
         let mut lines = Vec::new();
+        if !connected {
+            lines.push("not connected to the broker and the database".to_owned());
+        }
+        if held > 0 {
+            lines.push(format!("{held} job(s) wait for the dead-letter queue to accept their letter"));
+        }
         for (app, why) in idle.iter() {
             if why.stopped {
                 lines.push(format!("app {app} stopped: Tencent refused its credentials (see the log)"));

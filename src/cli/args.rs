@@ -156,16 +156,19 @@ pub struct BenchArgs {
     /// The bench creates its own names and database (`tagsweep_bench`) there.
     #[command(flatten)]
     pub servers: ServerArgs,
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 100_000)]
     pub jobs: u64,
+    /// What to measure, one after the other in this run (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [crate::ops::bench::Scenario::Paced, crate::ops::bench::Scenario::Unlimited])]
+    pub scenario: Vec<crate::ops::bench::Scenario>,
     #[arg(long, default_value_t = 50)]
     pub latency_ms: u64,
     #[arg(long, default_value_t = 20)]
     pub jitter_ms: u64,
     #[arg(long, default_value_t = 100)]
     pub max_calls_per_second: u32,
-    /// Lift the API limit (10,000 calls/s, no latency) and compare with a bare consume-and-ack loop.
-    #[arg(long)]
+    /// Only the `unlimited` scenario: the API limit lifted (10,000 calls/s, no latency), beside a bare consume-and-ack loop.
+    #[arg(long, conflicts_with = "scenario")]
     pub unlimited: bool,
     /// Worker processes on the queue (more than one share the rate through PostgreSQL).
     #[arg(long, default_value_t = 1)]

@@ -104,7 +104,7 @@ pub async fn run(cli: Cli) -> i32 {
                 latency: Duration::from_millis(args.latency_ms),
                 jitter: Duration::from_millis(args.jitter_ms),
                 max_calls_per_second: args.max_calls_per_second,
-                unlimited: args.unlimited,
+                scenarios: if args.unlimited { vec![ops::bench::Scenario::Unlimited] } else { args.scenario },
                 workers: args.workers,
                 queue_type: args.queue_type,
             })

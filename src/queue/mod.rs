@@ -10,9 +10,7 @@
 //!   the `x-tagsweep-*` headers and waits for the broker's confirms, so the
 //!   original is acknowledged only once its dead letter is safe.
 
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use secrecy::SecretString;
@@ -20,8 +18,10 @@ use secrecy::SecretString;
 use crate::config::Topology;
 
 mod acks;
+mod dead_letters;
 
 pub use acks::{AckPlan, AckTracker};
+pub use dead_letters::{DeadLetter, DeadLetters, LetterRefused};
 
 /// Deliveries after which the broker itself dead-letters a message (a guard
 /// against a job that crashes every worker that takes it).
@@ -31,6 +31,8 @@ pub const HEADER_JOB_ID: &str = "x-tagsweep-job-id";
 pub const HEADER_ERROR_CODE: &str = "x-tagsweep-error-code";
 pub const HEADER_ERROR_INFO: &str = "x-tagsweep-error-info";
 pub const HEADER_ATTEMPTS: &str = "x-tagsweep-attempts";
+/// Names the original headers left out of a dead letter to fit its frame.
+pub const HEADER_HEADERS_DROPPED: &str = "x-tagsweep-headers-dropped";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -179,115 +181,6 @@ impl<'a> JobPublisher<'a> {
     }
 }
 
-/// A job to dead-letter: the original message plus why it failed.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub job_id: String,
-    pub routing_key: String,
-    pub body: Vec<u8>,
-    pub properties: BasicProperties,
-    pub error_code: i32,
-    pub error_info: String,
-    pub attempts: i32,
-}
-
-/// Publishes dead letters on a channel in confirm mode.
-#[derive(Debug, Clone)]
-pub struct DeadLetters {
-    channel: Channel,
-    exchange: String,
-}
-
-impl DeadLetters {
-    pub async fn open(connection: &Connection, exchange: &str) -> Result<Self, QueueError> {
-        let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(DeadLetters { channel, exchange: exchange.to_owned() })
-    }
-
-    pub async fn close(&self) {
-        let _ = self.channel.close(200, "done".into()).await;
-    }
-
-    /// Publishes every letter, then waits for each confirm. Any refusal
-    /// fails the whole call: the caller then acknowledges none of them.
-    pub async fn publish(&self, letters: &[DeadLetter]) -> Result<(), QueueError> {
-        let mut pending = Vec::with_capacity(letters.len());
-        for letter in letters {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    self.exchange.as_str().into(),
-                    letter.routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &letter.body,
-                    with_failure_headers(letter),
-                )
-                .await?;
-            pending.push((confirm, &letter.job_id));
-        }
-        for (confirm, job_id) in pending {
-            if !confirm.await?.is_ack() {
-                return Err(QueueError::NotConfirmed(job_id.clone()));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The original properties with the CONTRACT §3 headers added.
-fn with_failure_headers(letter: &DeadLetter) -> BasicProperties {
-    let mut headers = letter.properties.headers().clone().unwrap_or_default();
-    headers.insert(HEADER_JOB_ID.into(), AMQPValue::LongString(letter.job_id.as_str().into()));
-    headers.insert(HEADER_ERROR_CODE.into(), AMQPValue::LongInt(letter.error_code));
-    headers.insert(HEADER_ERROR_INFO.into(), AMQPValue::LongString(letter.error_info.as_str().into()));
-    headers.insert(HEADER_ATTEMPTS.into(), AMQPValue::LongInt(letter.attempts));
-    without_expiration(&letter.properties).with_headers(headers)
-}
-
-/// The properties less `expiration`: a producer's per-message TTL would
-/// otherwise let the letter vanish from the dead-letter queue, unread.
-fn without_expiration(original: &BasicProperties) -> BasicProperties {
-    let mut kept = BasicProperties::default();
-    if let Some(v) = original.content_type() {
-        kept = kept.with_content_type(v.clone());
-    }
-    if let Some(v) = original.content_encoding() {
-        kept = kept.with_content_encoding(v.clone());
-    }
-    if let Some(v) = original.delivery_mode() {
-        kept = kept.with_delivery_mode(*v);
-    }
-    if let Some(v) = original.priority() {
-        kept = kept.with_priority(*v);
-    }
-    if let Some(v) = original.correlation_id() {
-        kept = kept.with_correlation_id(v.clone());
-    }
-    if let Some(v) = original.reply_to() {
-        kept = kept.with_reply_to(v.clone());
-    }
-    if let Some(v) = original.message_id() {
-        kept = kept.with_message_id(v.clone());
-    }
-    if let Some(v) = original.timestamp() {
-        kept = kept.with_timestamp(*v);
-    }
-    if let Some(v) = original.kind() {
-        kept = kept.with_type(v.clone());
-    }
-    if let Some(v) = original.user_id() {
-        kept = kept.with_user_id(v.clone());
-    }
-    if let Some(v) = original.app_id() {
-        kept = kept.with_app_id(v.clone());
-    }
-    if let Some(v) = original.cluster_id() {
-        kept = kept.with_cluster_id(v.clone());
-    }
-    kept
-}
-
 /// Reads a string header (LongString or ShortString).
 pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
     let headers = properties.headers().as_ref()?;
@@ -310,36 +203,5 @@ pub fn header_int(properties: &BasicProperties, name: &str) -> Option<i64> {
         AMQPValue::LongUInt(v) => Some(i64::from(*v)),
         AMQPValue::LongLongInt(v) => Some(*v),
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_dead_letter_keeps_the_properties_but_not_the_producers_ttl() {
-        let properties = BasicProperties::default()
-            .with_expiration("60000".into())
-            .with_message_id("m-1".into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_app_id("shop".into());
-        let letter = DeadLetter {
-            job_id: "j1".into(),
-            routing_key: "remove".into(),
-            body: Vec::new(),
-            properties,
-            error_code: 70107,
-            error_info: "no such user".into(),
-            attempts: 1,
-        };
-        let sent = with_failure_headers(&letter);
-        assert_eq!(sent.expiration(), &None, "the letter must not expire in tagsweep.dead");
-        assert_eq!(sent.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
-        assert_eq!(sent.content_type().as_ref().map(|m| m.as_str()), Some("application/json"));
-        assert_eq!(sent.delivery_mode(), &Some(2));
-        assert_eq!(sent.app_id().as_ref().map(|m| m.as_str()), Some("shop"));
-        assert_eq!(header_int(&sent, HEADER_ERROR_CODE), Some(70107));
     }
 }

@@ -168,8 +168,9 @@ pub(super) async fn run(
         health,
     };
     let result = coordinator.run(Events { reports, persisted, checks, pauses }, shutdown).await;
-    // The coordinator is gone with the settler: wait for the last frames.
-    let _ = settling.await;
+    // The coordinator is gone with the settler: wait for the last frames
+    // (bounded: a broker that went away answers none of them).
+    let _ = tokio::time::timeout(Duration::from_secs(5), settling).await;
     result
 }
 
@@ -324,7 +325,7 @@ impl Coordinator {
     }
 
     fn on_persisted(&mut self, done: Persisted) {
-        self.persister.returned();
+        self.persister.returned(&done);
         self.health.progress(self.sdkappid);
         self.start_persist();
         let mut tags = done.tags;

@@ -16,11 +16,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::call::{PartReport, PartResult};
-use super::outcome::{Held, Original};
+use super::outcome::{Held, Original, Outcome};
 use crate::batch::{Entry, PartId, Removal};
 use crate::job::{InvalidJob, Job, Removes};
-use crate::queue::DeadLetter;
-use crate::store::{self, CallRow, JobRow};
+use crate::store::CallRow;
 
 /// Where a job id in hand is.
 #[derive(Debug, Clone, Copy)]
@@ -35,20 +34,14 @@ enum Claim {
 #[derive(Debug, Default)]
 pub(super) struct Group {
     pub(super) calls: Vec<CallRow>,
-    pub(super) rows: Vec<JobRow>,
-    pub(super) letters: Vec<DeadLetter>,
-    /// Originals' and copies' delivery tags, settled once recorded.
-    pub(super) tags: Vec<u64>,
-    pub(super) job_ids: Vec<String>,
-    pub(super) succeeded: u64,
-    pub(super) dead_lettered: u64,
-    /// Of `dead_lettered`, the invalid jobs (counted apart in the metrics).
-    pub(super) invalid: u64,
+    /// Each job's row, dead letter and delivery tags, kept together so that
+    /// a job whose letter or row is refused can be held back on its own.
+    pub(super) jobs: Vec<Outcome>,
 }
 
 impl Group {
     fn is_empty(&self) -> bool {
-        self.calls.is_empty() && self.rows.is_empty()
+        self.calls.is_empty() && self.jobs.is_empty()
     }
 }
 
@@ -167,17 +160,7 @@ impl Ledger {
                 continue;
             };
             self.by_id.insert(held.job_id.clone(), Claim::Recording);
-            group.job_ids.push(held.job_id.clone());
-            group.invalid += u64::from(held.is_invalid());
-            let outcome = held.into_outcome(finished_at);
-            if outcome.row.status == store::SUCCEEDED {
-                group.succeeded += 1;
-            } else {
-                group.dead_lettered += 1;
-            }
-            group.rows.push(outcome.row);
-            group.letters.extend(outcome.letter);
-            group.tags.extend(outcome.delivery_tags);
+            group.jobs.push(held.into_outcome(finished_at));
         }
     }
 

@@ -58,6 +58,9 @@ use crate::queue::QueueError;
 use crate::store::StoreError;
 use crate::telemetry::Health;
 
+/// How long closing the broker connection may take at the end of a run.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the worker stopped other than by request.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -129,7 +132,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     if config.apps.is_empty() {
         return Err(WorkerError::NoApps);
     }
-    let (connections, apps) = startup::start(&config, &health).await?;
+    // A worker still waiting for PostgreSQL or RabbitMQ to come up holds no
+    // delivery yet: a shutdown then simply ends the wait.
+    let mut shutdown = Box::pin(shutdown);
+    let (connections, apps) = tokio::select! {
+        started = startup::start(&config, &health) => started?,
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested while starting: stopped before taking any message");
+            return Ok(Summary::default());
+        }
+    };
     let config = Arc::new(config);
     // Cancelled on shutdown, or when one app fails in a way that is not
     // its own (a lost connection): then every app drains and stops.
@@ -143,7 +155,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         });
     }
     let mut ending = Ending { apps: config.apps.len(), ..Ending::default() };
-    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown, if !stop.is_cancelled() => stop.cancel(),
@@ -151,12 +162,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
                 let Some(joined) = joined else { break };
                 let (started, result) = joined.unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
                 let app = started.sdkappid;
-                started.close().await;
+                // Closing waits for the broker's answer: bounded, so a broker
+                // that went away cannot keep the process past its grace period.
+                if tokio::time::timeout(CLOSE_WAIT, started.close()).await.is_err() {
+                    tracing::warn!(app, "the broker did not answer the close within {CLOSE_WAIT:?}; leaving anyway");
+                }
                 ending.app_stopped(app, result, &health, &stop);
             }
         }
     }
-    connections.close().await;
+    if tokio::time::timeout(CLOSE_WAIT, connections.close()).await.is_err() {
+        tracing::warn!("the broker did not answer the close within {CLOSE_WAIT:?}; leaving anyway");
+    }
     let result = ending.result();
     // An error is the caller's to report (a credential stop was logged
     // once, when it happened).

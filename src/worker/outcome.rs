@@ -50,6 +50,8 @@ pub(super) struct Outcome {
     pub(super) letter: Option<DeadLetter>,
     /// The original's delivery tag and its copies'.
     pub(super) delivery_tags: Vec<u64>,
+    /// Dead-lettered without a call (counted apart in the metrics).
+    pub(super) invalid: bool,
 }
 
 impl Held {
@@ -91,6 +93,7 @@ impl Held {
     /// A job with a failed part names the tags that were not removed
     /// (CONTRACT §2), since the other parts did succeed.
     pub(super) fn into_outcome(self, finished_at: DateTime<Utc>) -> Outcome {
+        let invalid = self.is_invalid();
         let (status, error_code, error_info) = match (&self.invalid, self.failed.first()) {
             (Some(reason), _) => (store::DEAD_LETTERED, Some(0), Some(format!("invalid job: {reason}"))),
             (None, None) => (store::SUCCEEDED, None, None),
@@ -129,7 +132,7 @@ impl Held {
             last_call_id: self.calls.last().copied(),
             call_ids: self.calls,
         };
-        Outcome { row, letter, delivery_tags }
+        Outcome { row, letter, delivery_tags, invalid }
     }
 
     fn tags_not_removed(&self) -> Vec<&str> {

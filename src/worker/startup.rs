@@ -33,7 +33,7 @@ use crate::usersig::Signer;
 /// connection and the dead-letter publisher.
 pub(super) struct Connections {
     store: Store,
-    connection: Connection,
+    connection: Arc<Connection>,
     dead_letters: DeadLetters,
 }
 
@@ -63,10 +63,14 @@ pub(super) async fn start(
     config: &Config,
     health: &Health,
 ) -> Result<(Connections, Vec<(Started, Option<Consumer>)>), WorkerError> {
+    // Each step's time goes into each app's "consuming" line (the bench reads it).
+    let mut steps = Steps::new();
     // PostgreSQL first: a worker that consumes before it can record would
     // only hand every message back, and each return spends the delivery limit.
     let store = Store::connect_within(&config.database_url, 10, config.connect_timeout, Role::Worker).await?;
+    let database_ms = steps.next();
     store.migrate().await?;
+    let migrate_ms = steps.next();
     health.set_database(true);
 
     // Only "not up yet" is waited for (up to --connect-timeout-ms); a
@@ -74,11 +78,14 @@ pub(super) async fn start(
     let connection = crate::connect::broker(&config.amqp_url, "tagsweep worker", config.connect_timeout)
         .await
         .map_err(QueueError::from)?;
-    let dead_letters = DeadLetters::open(&connection, &config.topology.dead_letter_exchange).await?;
+    let connection = Arc::new(connection);
+    let broker_ms = steps.next();
+    let dead_letters = DeadLetters::open(connection.clone(), &config.topology).await?;
     let connections = Connections { store, connection, dead_letters };
+    let shared_ms = SharedSteps { database_ms, migrate_ms, broker_ms };
     let mut apps = Vec::with_capacity(config.apps.len());
     for app in &config.apps {
-        match open_app(config, app, &connections, health).await {
+        match open_app(config, app, &connections, health, &shared_ms, &mut steps).await {
             Ok(started) => apps.push(started),
             Err(error) => {
                 for (started, _) in apps {
@@ -100,6 +107,8 @@ async fn open_app(
     app: &AppConfig,
     shared: &Connections,
     health: &Health,
+    shared_ms: &SharedSteps,
+    steps: &mut Steps,
 ) -> Result<(Started, Option<Consumer>), WorkerError> {
     let topology = config.app_topology(app);
     let sdkappid = app.sdkappid();
@@ -143,7 +152,9 @@ async fn open_app(
             Some(consumer)
         }
     };
+    let declare_ms = steps.next();
     let calls = Arc::new(call_context(config, app, &shared.store)?);
+    let client_ms = steps.next();
     tracing::info!(
         app = app.sdkappid(),
         queue = %topology.queue,
@@ -151,6 +162,11 @@ async fn open_app(
         max_calls_per_second = app.max_calls_per_second,
         batch_size = config.batch_size.get(),
         prefetch = config.prefetch,
+        database_ms = shared_ms.database_ms,
+        migrate_ms = shared_ms.migrate_ms,
+        broker_ms = shared_ms.broker_ms,
+        declare_ms,
+        client_ms,
         "tagsweep worker {}",
         if consumer.is_some() { "consuming" } else { "standing by (credential stop)" }
     );
@@ -166,6 +182,30 @@ async fn open_app(
         remembered,
     };
     Ok((started, consumer))
+}
+
+/// The start-up steps every app shares, in each app's "consuming" line.
+struct SharedSteps {
+    database_ms: u64,
+    migrate_ms: u64,
+    broker_ms: u64,
+}
+
+/// Milliseconds spent in each start-up step.
+struct Steps(std::time::Instant);
+
+impl Steps {
+    fn new() -> Self {
+        Steps(std::time::Instant::now())
+    }
+
+    /// Since the previous step.
+    fn next(&mut self) -> u64 {
+        let now = std::time::Instant::now();
+        let ms = now.duration_since(self.0).as_millis();
+        self.0 = now;
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    }
 }
 
 /// The signer, the HTTP client and the pacer every call task of one app shares.

@@ -1,5 +1,6 @@
 //! `tagsweep bench` runs end to end and reports figures that hold together
-//! (a small run: the real figures come from the default 200,000 jobs).
+//! (a small run of both scenarios: the real figures come from the default
+//! 100,000 jobs).
 
 use std::process::Command;
 
@@ -19,7 +20,16 @@ fn a_small_bench_drains_everything_within_the_limit() {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .expect("a peak figure");
     assert!((1..=100).contains(&peak), "{stdout}");
-    for figure in ["worker CPU", "worker peak RSS", "receipt→row", "per batch"] {
+    for figure in ["worker CPU", "worker peak RSS", "receipt→row", "per batch", "tagsweep / bare", "targets (issue 11)"]
+    {
         assert!(stdout.contains(figure), "{figure} missing:\n{stdout}");
+    }
+    // Both scenarios drained everything, and the start-up was timed from
+    // the worker's own line (not "unknown").
+    assert_eq!(stdout.matches("3000 succeeded").count(), 2, "{stdout}");
+    let startups: Vec<&str> = stdout.lines().filter(|l| l.trim().starts_with("start-up")).collect();
+    assert_eq!(startups.len(), 2, "{stdout}");
+    for line in startups {
+        assert!(line.contains("database ") && line.contains("migrate ") && !line.contains("unknown"), "{line}");
     }
 }

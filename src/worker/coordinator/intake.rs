@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::Coordinator;
 use crate::config::RetryPolicy;
 use crate::job::{self, IdSource, InvalidJob, Job};
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use crate::telemetry::names;
 use crate::worker::outcome::Original;
 
@@ -81,7 +81,7 @@ impl Coordinator {
         let (store, known, answer) = (self.store.clone(), admission.known.clone(), self.checks.clone());
         metrics::counter!(names::DB_STATEMENTS).increment(1);
         tokio::spawn(async move {
-            let _ = answer.send(store.terminal_ids(&known).await);
+            let _ = answer.send(terminal_ids(&store, &known).await);
         });
     }
 
@@ -163,4 +163,35 @@ impl Coordinator {
         }
         copy
     }
+}
+
+/// The ids among `ids` with a terminal row. When PostgreSQL refuses the
+/// lookup for its data, the ids are halved until the refused ones stand
+/// alone: PostgreSQL holds no row it cannot compare, so they are new.
+/// Errs only on connectivity (the chunk then waits and asks again).
+async fn terminal_ids(store: &Store, ids: &[String]) -> Checked {
+    let error = match store.terminal_ids(ids).await {
+        Err(error) if error.is_data() => error,
+        answer => return answer,
+    };
+    tracing::warn!("PostgreSQL refused the admission check for its data ({error}); isolating the id at fault");
+    let mut finished = HashSet::new();
+    let mut ranges = Vec::with_capacity(8);
+    ranges.push(0..ids.len());
+    while let Some(range) = ranges.pop() {
+        match store.terminal_ids(&ids[range.clone()]).await {
+            Ok(found) => finished.extend(found),
+            Err(error) if !error.is_data() => return Err(error),
+            Err(_) if range.len() > 1 => {
+                let middle = range.start + range.len() / 2;
+                ranges.push(middle..range.end);
+                ranges.push(range.start..middle);
+            }
+            Err(error) => tracing::warn!(
+                job_id = %crate::job::escape_nul(&ids[range.start]),
+                "PostgreSQL cannot look up this job id ({error}): taken as new"
+            ),
+        }
+    }
+    Ok(finished)
 }

@@ -36,8 +36,8 @@ fn a_remove_all_job_is_one_entry_and_a_row_with_no_tags() {
     assert_eq!(entries[0].removal, Removal::AllTags);
     ledger.apply(Vec::new(), report(&entries, PartResult::Removed));
     let group = ledger.take_group().expect("finished");
-    assert_eq!(group.rows[0].status, store::SUCCEEDED);
-    assert!(group.rows[0].all_tags && group.rows[0].tags.is_empty());
+    assert_eq!(group.jobs[0].row.status, crate::store::SUCCEEDED);
+    assert!(group.jobs[0].row.all_tags && group.jobs[0].row.tags.is_empty());
 }
 
 #[test]
@@ -51,10 +51,11 @@ fn a_job_is_finished_when_its_last_part_is_in() {
     assert!(ledger.take_group().is_none(), "one part is still out");
     ledger.apply(Vec::new(), report(&entries[2..], PartResult::Removed));
     let group = ledger.take_group().expect("the job is finished");
-    assert_eq!(group.job_ids, ["j1"]);
-    assert_eq!(group.succeeded, 1);
-    assert_eq!(group.rows[0].attempts, 3, "every call that carried a part counts");
-    assert_eq!(group.tags, [1]);
+    assert_eq!(group.jobs.len(), 1);
+    assert_eq!(group.jobs[0].row.job_id, "j1");
+    assert_eq!(group.jobs[0].row.status, crate::store::SUCCEEDED);
+    assert_eq!(group.jobs[0].row.attempts, 3, "every call that carried a part counts");
+    assert_eq!(group.jobs[0].delivery_tags, [1]);
     assert_eq!(ledger.in_work(), 0);
 }
 
@@ -67,9 +68,9 @@ fn one_failed_part_dead_letters_the_job_after_the_others_are_sent() {
     assert!(ledger.take_group().is_none(), "the other part is still sent");
     ledger.apply(Vec::new(), report(&entries[1..], PartResult::Removed));
     let group = ledger.take_group().unwrap();
-    assert_eq!(group.dead_lettered, 1);
-    assert_eq!(group.letters.len(), 1);
-    assert!(group.rows[0].error_info.as_deref().unwrap().contains("tags not removed: t0, t1"));
+    assert_eq!(group.jobs[0].row.status, crate::store::DEAD_LETTERED);
+    assert!(group.jobs[0].letter.is_some());
+    assert!(group.jobs[0].row.error_info.as_deref().unwrap().contains("tags not removed: t0, t1"));
 }
 
 #[test]
@@ -80,7 +81,7 @@ fn a_copy_of_a_job_in_work_is_settled_with_it_and_never_sent() {
     assert!(!ledger.hold_as_copy("j2", 3), "another id is not");
     ledger.apply(Vec::new(), report(&entries, PartResult::Removed));
     let group = ledger.take_group().unwrap();
-    assert_eq!(group.tags, [2, 1], "the copy is acknowledged with the original");
+    assert_eq!(group.jobs[0].delivery_tags, [2, 1], "the copy is acknowledged with the original");
 }
 
 #[test]
@@ -93,7 +94,7 @@ fn a_copy_arriving_while_the_row_is_recorded_waits_for_that_outcome() {
     // The row is being written: a redelivery must not start a second life.
     assert!(ledger.hold_as_copy("j1", 5));
     assert!(ledger.hold_as_copy("j1", 6));
-    assert_eq!(ledger.released(&group.job_ids), [5, 6]);
+    assert_eq!(ledger.released(&[group.jobs[0].row.job_id.clone()]), [5, 6]);
     // Once released, the id is free: the next copy is checked against the table.
     assert!(!ledger.hold_as_copy("j1", 7));
 }
@@ -122,9 +123,10 @@ fn an_invalid_job_is_finished_at_once_with_its_reason() {
     ledger.hold_invalid(invalid, original(9), Utc::now());
     assert!(ledger.hold_as_copy("bad", 10), "its id stays claimed while recording");
     let group = ledger.take_group().unwrap();
-    assert_eq!(group.dead_lettered, 1);
-    assert_eq!(group.rows[0].account, None);
-    assert_eq!(group.letters[0].error_info, "invalid job: tags is missing");
+    let finished = &group.jobs[0];
+    assert!(finished.invalid);
+    assert_eq!(finished.row.account, None);
+    assert_eq!(finished.letter.as_ref().unwrap().error_info, "invalid job: tags is missing");
 }
 
 #[test]
@@ -145,5 +147,5 @@ fn calls_are_recorded_even_when_no_job_finishes() {
     ledger.apply(vec![call], report(&entries[..1], PartResult::Removed));
     let group = ledger.take_group().expect("the call row is worth writing");
     assert_eq!(group.calls.len(), 1);
-    assert!(group.rows.is_empty());
+    assert!(group.jobs.is_empty());
 }

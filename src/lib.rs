@@ -42,5 +42,6 @@ pub mod worker;
 pub use api::{ApiClient, ApiFamily, CallError, CallReport, ClientSettings, Failure, Region};
 pub use batch::{BatchSize, Entry, PartId};
 pub use connect::ConnectError;
+pub use limit::SharedPacer;
 pub use ops::{OpsError, with_database};
 pub use telemetry::LogFormat;

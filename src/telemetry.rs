@@ -192,6 +192,8 @@ pub(crate) mod names {
     pub(crate) const DB_STATEMENTS: &str = "tagsweep_db_statements_total";
     /// 1 while the app is paused fleet-wide (`tagsweep pause`), else 0.
     pub(crate) const APP_PAUSED: &str = "tagsweep_app_paused";
+    /// PostgreSQL's clock minus this host's, as fleet pacing last measured it.
+    pub(crate) const CLOCK_OFFSET: &str = "tagsweep_clock_offset_seconds";
 }
 
 static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
@@ -243,6 +245,11 @@ fn describe() {
     );
     describe_histogram!(names::PERSIST_ROWS, metrics::Unit::Count, "Job rows recorded by one statement");
     describe_gauge!(names::APP_PAUSED, "1 while the app is paused fleet-wide (tagsweep pause), else 0");
+    describe_gauge!(
+        names::CLOCK_OFFSET,
+        metrics::Unit::Seconds,
+        "PostgreSQL's clock minus this host's (fleet pacing measures it every minute; beyond ±0.5 s fix the host's time sync)"
+    );
     describe_counter!(names::DB_STATEMENTS, "Statements the worker sent to PostgreSQL (admission checks and writes)");
 }
 

@@ -83,3 +83,22 @@ fn the_secret_key_can_come_from_a_file_and_never_shows_in_debug() {
     let shown = format!("{:?}", flags.run);
     assert!(!shown.contains("plain-key") && !shown.contains("plain-sig"), "Debug shows a secret: {shown}");
 }
+
+#[test]
+fn fleet_pacing_is_on_unless_a_lone_worker_says_false() {
+    if std::env::vars().any(|(k, _)| k.starts_with("TAGSWEEP_")) {
+        return; // A developer's environment is configured; the flag checks below assume none.
+    }
+    let base = ["--sdkappid", "1", "--secret-key", "k", "--region", "china"];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        parse(&args).expect("a valid config").fleet_pacing
+    };
+    assert!(with(&[]), "on by default (CONTRACT §6)");
+    assert!(!with(&["--fleet-pacing", "false"]));
+    assert!(!with(&["--fleet-pacing=false"]));
+    assert!(with(&["--fleet-pacing", "true"]));
+    assert!(with(&["--fleet-pacing"]), "a bare flag still means true");
+    assert!(with(&["--fleet-pacing", "--batch-size", "50"]), "and does not swallow the next flag");
+}

@@ -68,6 +68,12 @@ pub(super) async fn start(config: &Config, health: &Health) -> Result<(Started, 
     health.set_broker(true);
 
     let calls = Arc::new(call_context(config, &store)?);
+    if let Pacing::Fleet(pacer) = &calls.pacer {
+        // At once, so the offset metric and any warning about it come with start-up.
+        if let Err(error) = pacer.sync_clock().await {
+            tracing::warn!("cannot measure the clock offset to PostgreSQL yet ({error})");
+        }
+    }
     tracing::info!(
         queue = %config.topology.queue,
         api = %config.api.base_url,

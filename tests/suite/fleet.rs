@@ -1,18 +1,20 @@
-//! Three worker processes on one queue share one SDKAppID's rate through
-//! PostgreSQL: together they never exceed it in any one-second window, as
-//! the simulator sees calls arrive, and together they still use 95% of it.
+//! Three worker processes started with the defaults on one queue share one
+//! SDKAppID's rate through PostgreSQL (fleet pacing is on unless turned
+//! off): together they never exceed it in any one-second window, as the
+//! simulator sees calls arrive, and together they still use 95% of it.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use crate::helpers::{TestEnv, job};
 
+/// A worker with the defaults, but for batches of 20 (more calls from the
+/// same jobs) and a prefetch to match; nothing about pacing is set.
 fn fleet_worker(env: &TestEnv) -> tokio::process::Child {
     env.tagsweep_process()
         .arg("run")
         .env("TAGSWEEP_BATCH_SIZE", "20")
         .env("TAGSWEEP_PREFETCH", "1000")
-        .env("TAGSWEEP_FLEET_PACING", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -20,7 +22,7 @@ fn fleet_worker(env: &TestEnv) -> tokio::process::Child {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_workers_share_one_rate_limit() {
+async fn three_workers_with_the_defaults_share_one_rate_limit() {
     let env = TestEnv::alone(|sim| {
         sim.latency = Duration::from_millis(50);
         sim.jitter = Duration::from_millis(20);

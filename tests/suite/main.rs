@@ -22,6 +22,7 @@ mod failures;
 mod fleet;
 mod hostile_input;
 mod operators;
+mod pacing;
 mod pause;
 mod pipeline;
 mod production;

@@ -197,8 +197,9 @@ impl SharedPacer {
             sqlx::query_as(LOCK).bind(self.sdkappid).fetch_one(&mut *tx).await?;
         let mut state = GridState { recent, next_slot, paused_until, burst_owner };
         // A slot at the database's "now" is already old when it arrives
-        // here; a few milliseconds' lead keeps it usable under load.
-        let lead = i64::try_from((self.tolerance / 2).as_micros()).unwrap_or(0);
+        // here (the update, the commit, a busy core); a lead of one margin
+        // keeps it usable under load. Later is always safe, only slower.
+        let lead = i64::try_from((self.tolerance * 2).as_micros()).unwrap_or(0);
         let slots = self.schedule.reserve(&mut state, now + lead, self.block, self.me);
         sqlx::query(STORE)
             .bind(self.sdkappid)

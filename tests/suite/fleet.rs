@@ -55,8 +55,9 @@ async fn three_workers_with_the_defaults_share_one_rate_limit() {
     let to = last - Duration::from_secs(1);
     let steady = arrivals.iter().filter(|t| **t >= from && **t < to).count() as f64;
     let rate = steady / to.duration_since(from).as_secs_f64();
+    let part_filled = env.simulator().calls().iter().filter(|c| c.entries < 20).count();
     println!(
-        "fleet: 3 workers, {} calls, peak {} in 1 s, steady {rate:.1} calls/s",
+        "fleet: 3 workers with the defaults, {} calls ({part_filled} part-filled), peak {} in 1 s, steady {rate:.1} calls/s",
         stats.calls, stats.peak_calls_per_second
     );
     assert!(rate >= 95.0, "the fleet used {rate:.1} of 100 calls/s");

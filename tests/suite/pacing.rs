@@ -112,9 +112,10 @@ async fn a_fresh_process_bursts_only_on_an_idle_schedule() {
     let first = times[99].duration_since(times[0]);
     let second = times[100].duration_since(times[0]);
     println!("burst: 100 calls let go within {first:?}; the 101st after {second:?}");
-    assert!(first < Duration::from_millis(300), "the first 100 go at once, not over a second: {first:?}");
+    // On the grid they would span 99 × 10.25 ms; a loaded machine may drop a few late slots.
+    assert!(first < Duration::from_millis(500), "the first 100 go at once, not over a second: {first:?}");
     assert!(second >= Duration::from_millis(1000), "the 101st waits out the window: {second:?}");
-    assert!(times[199].duration_since(times[100]) < Duration::from_millis(300), "the next 100 at once too");
+    assert!(times[199].duration_since(times[100]) < Duration::from_millis(500), "the next 100 at once too");
 
     // A second process joining the busy schedule follows the grid.
     let joining = Arc::new(SharedPacer::new(env.pool.clone(), SDKAPPID, 100, MARGIN));

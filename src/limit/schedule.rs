@@ -29,7 +29,7 @@ pub(super) struct GridState {
     pub(super) burst_owner: Option<Uuid>,
 }
 
-/// The rules every reserver applies to a [`GridState`] under its row lock.
+/// The rules every reserver applies to a [`GridState`] it read, before writing it back.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Schedule {
     pub(super) limit: usize,

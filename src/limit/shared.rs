@@ -1,7 +1,7 @@
 //! Pacing shared by a fleet of workers through PostgreSQL.
 //!
-//! Each app's row in `pacing` holds its [`Schedule`]: a worker locks it,
-//! takes a block of slots (enough for ~50 ms) and sends each call at its
+//! Each app's row in `pacing` holds its [`Schedule`]: a worker reads it,
+//! takes a block of slots (written back only if nobody else did meanwhile) (enough for ~50 ms) and sends each call at its
 //! slot. The slots are database-clock times, converted to local instants
 //! through this process's measured offset ([`ClockSync`]), so hosts whose
 //! clocks disagree still send on one grid. A call that would go more than
@@ -20,19 +20,26 @@ use super::clock::{ClockSync, HostClock, REMEASURE_EVERY};
 use super::local::Pacer;
 use super::schedule::{GridState, Schedule};
 
-/// Locks the app's row (creating it idle) and reads it with the database's
-/// clock taken after the lock.
-const LOCK: &str = "
-INSERT INTO pacing AS p (sdkappid, next_slot) VALUES ($1, clock_timestamp() - interval '1 hour')
-ON CONFLICT (sdkappid) DO UPDATE SET sdkappid = p.sdkappid
-RETURNING (extract(epoch FROM clock_timestamp()) * 1000000)::int8,
-          CASE WHEN isfinite(p.next_slot) THEN (extract(epoch FROM p.next_slot) * 1000000)::int8 ELSE 0 END,
-          CASE WHEN isfinite(p.paused_until) THEN (extract(epoch FROM p.paused_until) * 1000000)::int8 END,
-          p.recent, p.burst_owner";
+/// Reads the app's row with the database's clock and the row version. No
+/// lock is held between statements: under load a client can stall between
+/// them for tens of milliseconds, and the whole fleet would wait behind it.
+const READ: &str = "
+SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8,
+       CASE WHEN isfinite(next_slot) THEN (extract(epoch FROM next_slot) * 1000000)::int8 ELSE 0 END,
+       CASE WHEN isfinite(paused_until) THEN (extract(epoch FROM paused_until) * 1000000)::int8 END,
+       recent, burst_owner, xmin::text
+FROM pacing WHERE sdkappid = $1";
 
+/// A new app's row, idle.
+const CREATE: &str = "
+INSERT INTO pacing (sdkappid, next_slot) VALUES ($1, clock_timestamp() - interval '1 hour')
+ON CONFLICT (sdkappid) DO NOTHING";
+
+/// Writes the new state only if nobody changed the row since [`READ`]
+/// (compare and swap on the row version); otherwise the reserver reads again.
 const STORE: &str = "
 UPDATE pacing SET next_slot = 'epoch'::timestamptz + $2 * interval '1 microsecond', recent = $3, burst_owner = $4
-WHERE sdkappid = $1";
+WHERE sdkappid = $1 AND xmin::text = $5";
 
 /// One app's fleet-wide pacing, for one process.
 ///
@@ -189,27 +196,36 @@ impl SharedPacer {
         }
     }
 
-    /// Reserves a block of slots under the row lock; returns them as local instants.
+    /// Reserves a block of slots (compare and swap on the app's row);
+    /// returns them as local instants.
     async fn reserve(&self) -> Result<Vec<Instant>, sqlx::Error> {
         let clock = self.clock_sync(false).await?;
-        let mut tx = self.pool.begin().await?;
-        let (now, next_slot, paused_until, recent, burst_owner): (i64, i64, Option<i64>, Vec<i64>, Option<Uuid>) =
-            sqlx::query_as(LOCK).bind(self.sdkappid).fetch_one(&mut *tx).await?;
-        let mut state = GridState { recent, next_slot, paused_until, burst_owner };
         // A slot at the database's "now" is already old when it arrives
-        // here (the update, the commit, a busy core); a lead of one margin
-        // keeps it usable under load. Later is always safe, only slower.
+        // here (the write, a busy core); a lead of one margin keeps it
+        // usable under load. Later is always safe, only slower.
         let lead = i64::try_from((self.tolerance * 2).as_micros()).unwrap_or(0);
-        let slots = self.schedule.reserve(&mut state, now + lead, self.block, self.me);
-        sqlx::query(STORE)
-            .bind(self.sdkappid)
-            .bind(state.next_slot)
-            .bind(&state.recent)
-            .bind(state.burst_owner)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(slots.into_iter().map(|slot| clock.instant_of(slot)).collect())
+        loop {
+            type Row = (i64, i64, Option<i64>, Vec<i64>, Option<Uuid>, String);
+            let row: Option<Row> = sqlx::query_as(READ).bind(self.sdkappid).fetch_optional(&self.pool).await?;
+            let Some((now, next_slot, paused_until, recent, burst_owner, version)) = row else {
+                sqlx::query(CREATE).bind(self.sdkappid).execute(&self.pool).await?;
+                continue;
+            };
+            let mut state = GridState { recent, next_slot, paused_until, burst_owner };
+            let slots = self.schedule.reserve(&mut state, now + lead, self.block, self.me);
+            let stored = sqlx::query(STORE)
+                .bind(self.sdkappid)
+                .bind(state.next_slot)
+                .bind(&state.recent)
+                .bind(state.burst_owner)
+                .bind(version)
+                .execute(&self.pool)
+                .await?;
+            if stored.rows_affected() == 1 {
+                return Ok(slots.into_iter().map(|slot| clock.instant_of(slot)).collect());
+            }
+            // Another worker reserved in between: read its slots and go after them.
+        }
     }
 
     /// Pauses every worker of the fleet (a rate-limited answer).

@@ -355,8 +355,17 @@ pub struct RunArgs {
     /// Serve Prometheus /metrics, /healthz and /readyz here, e.g. 0.0.0.0:9090.
     #[arg(long, env = "TAGSWEEP_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Several workers on one SDKAppID: share --max-calls-per-second through PostgreSQL.
-    #[arg(long, env = "TAGSWEEP_FLEET_PACING")]
+    /// Share --max-calls-per-second with every worker of the app through
+    /// PostgreSQL (true|false; a bare flag means true). `false` only for a lone worker.
+    #[arg(
+        long,
+        env = "TAGSWEEP_FLEET_PACING",
+        default_value_t = defaults::FLEET_PACING,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub fleet_pacing: bool,
     /// Allow plain http:// API URLs to hosts other than this machine (the UserSig travels in cleartext).
     #[arg(long, env = "TAGSWEEP_ALLOW_INSECURE_HTTP")]

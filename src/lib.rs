@@ -44,5 +44,6 @@ pub mod worker;
 pub use api::{ApiClient, ApiFamily, CallError, CallReport, ClientSettings, Failure, Region, UserFailure};
 pub use batch::{Batch, BatchSize, Entry, Kind, PartId, Removal};
 pub use connect::ConnectError;
+pub use limit::SharedPacer;
 pub use ops::{OpsError, with_database};
 pub use telemetry::LogFormat;

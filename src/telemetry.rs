@@ -198,6 +198,8 @@ pub(crate) mod names {
     /// 1 while a credential stop is remembered for the app and its key
     /// (the app stands by, taking no jobs), else 0; by `app`.
     pub(crate) const CREDENTIAL_STOPPED: &str = "tagsweep_credential_stopped";
+    /// PostgreSQL's clock minus this host's, as fleet pacing last measured it.
+    pub(crate) const CLOCK_OFFSET: &str = "tagsweep_clock_offset_seconds";
 }
 
 static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
@@ -256,6 +258,11 @@ fn describe() {
     describe_gauge!(
         names::CREDENTIAL_STOPPED,
         "1 while Tencent's refusal of this app's key is remembered (no jobs taken until fixed or tagsweep resume), else 0"
+    );
+    describe_gauge!(
+        names::CLOCK_OFFSET,
+        metrics::Unit::Seconds,
+        "PostgreSQL's clock minus this host's (fleet pacing measures it every minute; beyond ±0.5 s fix the host's time sync)"
     );
     describe_counter!(names::DB_STATEMENTS, "Statements the worker sent to PostgreSQL (admission checks and writes)");
 }

@@ -59,6 +59,11 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const SHUTDOWN_GRACE_MS: u64 = 30_000;
 /// Long enough for a broker and database started alongside (compose) to come up.
 pub const CONNECT_TIMEOUT_MS: u64 = 60_000;
+/// Replicas share each app's call rate through PostgreSQL: whoever scales a
+/// deployment to three workers must not break the limit without knowing it
+/// (issue 11: 236 calls in one second and 2,661 refusals without it). Only
+/// a lone worker may turn it off.
+pub const FLEET_PACING: bool = true;
 
 /// RabbitMQ's `consumer_timeout` default (30 minutes; 3.8.15 and later):
 /// a delivery unacknowledged for longer makes the broker close the channel
@@ -125,7 +130,7 @@ impl Config {
             usersig_validity: crate::usersig::DEFAULT_VALIDITY,
             connect_timeout: ms(CONNECT_TIMEOUT_MS),
             metrics_addr: None,
-            fleet_pacing: false,
+            fleet_pacing: FLEET_PACING,
             stall_timeout: ms(STALL_TIMEOUT_MS),
             consumer_timeout: ms(CONSUMER_TIMEOUT_MS),
         }

@@ -124,3 +124,22 @@ fn a_retry_budget_past_the_consumer_timeout_is_refused() {
     assert!(with(&["--retry-max-elapsed-ms", "1600000", "--consumer-timeout-ms", "3600000"]).is_ok());
     assert!(with(&["--consumer-timeout-ms", "600000"]).is_err(), "15 min of retries cannot fit in 10");
 }
+
+#[test]
+fn fleet_pacing_is_on_unless_a_lone_worker_says_false() {
+    if std::env::vars().any(|(k, _)| k.starts_with("TAGSWEEP_")) {
+        return; // A developer's environment is configured; the flag checks below assume none.
+    }
+    let base = ["--sdkappid", "1", "--secret-key", "k", "--region", "china"];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        parse(&args).expect("a valid config").fleet_pacing
+    };
+    assert!(with(&[]), "on by default (CONTRACT §6)");
+    assert!(!with(&["--fleet-pacing", "false"]));
+    assert!(!with(&["--fleet-pacing=false"]));
+    assert!(with(&["--fleet-pacing", "true"]));
+    assert!(with(&["--fleet-pacing"]), "a bare flag still means true");
+    assert!(with(&["--fleet-pacing", "--batch-size", "50"]), "and does not swallow the next flag");
+}

@@ -9,9 +9,7 @@
 //! app's credentials with one harmless call.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::Utc;
 use lapin::Connection;
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -28,8 +26,8 @@ use crate::usersig::Signer;
 pub(crate) const PROBE_ACCOUNT: &str = "tagsweep-check";
 pub(crate) const PROBE_TAG: &str = "tagsweep-check";
 
-/// Offsets above this make fleet pacing's shared slot grid unreliable.
-const MAX_CLOCK_OFFSET: Duration = Duration::from_millis(500);
+/// The bound the worker warns beyond too (rows carry each host's timestamps).
+use crate::limit::MAX_CLOCK_OFFSET;
 
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,16 +252,13 @@ async fn privileges(pool: &PgPool, pending: usize) -> Item {
     }
 }
 
-/// The database's clock against ours, halfway through the round trip.
+/// The database's clock against ours, measured as the worker does (the
+/// shortest of several round trips).
 async fn clock(pool: &PgPool) -> Item {
-    let sent = Utc::now();
-    let theirs: Result<chrono::DateTime<Utc>, _> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(pool).await;
-    let received = Utc::now();
-    let Ok(theirs) = theirs else {
+    let Ok(sync) = crate::limit::ClockSync::measure(pool, crate::limit::HostClock::default()).await else {
         return Item::fail(1, "Clock: could not read the database's clock", "see the PostgreSQL log");
     };
-    let ours = sent + (received - sent) / 2;
-    let offset_ms = (theirs - ours).num_milliseconds();
+    let offset_ms = sync.offset_us / 1_000;
     let what = format!("Clock: offset to PostgreSQL {offset_ms:+} ms");
     if offset_ms.unsigned_abs() <= MAX_CLOCK_OFFSET.as_millis() as u64 {
         Item::pass(what)

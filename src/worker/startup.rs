@@ -154,6 +154,12 @@ async fn open_app(
     };
     let declare_ms = steps.next();
     let calls = Arc::new(call_context(config, app, &shared.store)?);
+    if let Pacing::Fleet(pacer) = &calls.pacer {
+        // At once, so the offset metric and any warning about it come with start-up.
+        if let Err(error) = pacer.sync_clock().await {
+            tracing::warn!("cannot measure the clock offset to PostgreSQL yet ({error})");
+        }
+    }
     let client_ms = steps.next();
     tracing::info!(
         app = app.sdkappid(),

@@ -1,18 +1,20 @@
-//! Three worker processes on one queue share one SDKAppID's rate through
-//! PostgreSQL: together they never exceed it in any one-second window, as
-//! the simulator sees calls arrive, and together they still use 95% of it.
+//! Three worker processes started with the defaults on one queue share one
+//! SDKAppID's rate through PostgreSQL (fleet pacing is on unless turned
+//! off): together they never exceed it in any one-second window, as the
+//! simulator sees calls arrive, and together they still use 95% of it.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use crate::helpers::{TestEnv, job};
 
+/// A worker with the defaults, but for batches of 20 (more calls from the
+/// same jobs) and a prefetch to match; nothing about pacing is set.
 fn fleet_worker(env: &TestEnv) -> tokio::process::Child {
     env.tagsweep_process()
         .arg("run")
         .env("TAGSWEEP_BATCH_SIZE", "20")
         .env("TAGSWEEP_PREFETCH", "1000")
-        .env("TAGSWEEP_FLEET_PACING", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -20,7 +22,7 @@ fn fleet_worker(env: &TestEnv) -> tokio::process::Child {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_workers_share_one_rate_limit() {
+async fn three_workers_with_the_defaults_share_one_rate_limit() {
     let env = TestEnv::alone(|sim| {
         sim.latency = Duration::from_millis(50);
         sim.jitter = Duration::from_millis(20);
@@ -53,8 +55,9 @@ async fn three_workers_share_one_rate_limit() {
     let to = last - Duration::from_secs(1);
     let steady = arrivals.iter().filter(|t| **t >= from && **t < to).count() as f64;
     let rate = steady / to.duration_since(from).as_secs_f64();
+    let part_filled = env.simulator().calls().iter().filter(|c| c.entries < 20).count();
     println!(
-        "fleet: 3 workers, {} calls, peak {} in 1 s, steady {rate:.1} calls/s",
+        "fleet: 3 workers with the defaults, {} calls ({part_filled} part-filled), peak {} in 1 s, steady {rate:.1} calls/s",
         stats.calls, stats.peak_calls_per_second
     );
     assert!(rate >= 95.0, "the fleet used {rate:.1} of 100 calls/s");

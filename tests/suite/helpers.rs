@@ -216,7 +216,8 @@ impl TestEnv {
     }
 
     /// A worker configuration pointed at this test's names, with retries
-    /// shortened so failure stories finish in seconds.
+    /// shortened so failure stories finish in seconds. Pacing is the
+    /// default, fleet pacing, against the test's own database.
     pub(crate) fn config(&self) -> Config {
         let defaults =
             Config::new(self.sim.base_url(), SDKAPPID, Credential::SecretKey(SecretString::from(SECRET_KEY)));

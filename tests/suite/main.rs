@@ -25,6 +25,7 @@ mod fleet;
 mod guards;
 mod hostile_input;
 mod operators;
+mod pacing;
 mod pause;
 mod pipeline;
 mod production;

@@ -1,5 +1,7 @@
 //! The flags of `tagsweep run`, parsed and checked as an operator types them.
 
+use secrecy::ExposeSecret;
+
 use super::*;
 use clap::Parser;
 

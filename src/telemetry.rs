@@ -171,7 +171,7 @@ impl std::fmt::Display for crate::worker::Summary {
 pub(crate) mod names {
     /// Jobs by app and outcome: succeeded, dead_lettered, invalid, duplicate, returned.
     pub(crate) const JOBS: &str = "tagsweep_jobs_total";
-    /// API calls by ErrorCode (0 for success) and outcome class.
+    /// API calls by app, ErrorCode (0 for success) and outcome class.
     pub(crate) const API_CALLS: &str = "tagsweep_api_calls_total";
     /// Attempts after the first for the same entries.
     pub(crate) const RETRIES: &str = "tagsweep_retries_total";
@@ -182,6 +182,8 @@ pub(crate) mod names {
     pub(crate) const CALLS_IN_FLIGHT: &str = "tagsweep_calls_in_flight";
     /// Time a call waited for its pacing slot.
     pub(crate) const PACING_WAIT: &str = "tagsweep_pacing_wait_seconds";
+    /// Deliveries taken and not yet acknowledged, by app (each app's
+    /// coordinator sets its own).
     pub(crate) const JOBS_IN_HAND: &str = "tagsweep_jobs_in_hand";
     /// Acknowledgement frames sent (one `multiple` ack can settle many jobs).
     pub(crate) const BROKER_ACKS: &str = "tagsweep_broker_acks_total";
@@ -270,13 +272,10 @@ fn describe() {
 /// Every series the worker has from its first second, at zero, so that an
 /// alert on a rate (or on a series' absence) works before the first job.
 fn register_zeros() {
-    metrics::counter!(names::API_CALLS, "error_code" => "0", "outcome" => "success").absolute(0);
     for counter in [names::RETRIES, names::DEAD_LETTERS, names::BROKER_ACKS, names::DB_STATEMENTS] {
         metrics::counter!(counter).absolute(0);
     }
-    for gauge in [names::CALLS_IN_FLIGHT, names::JOBS_IN_HAND] {
-        metrics::gauge!(gauge).set(0.0);
-    }
+    metrics::gauge!(names::CALLS_IN_FLIGHT).set(0.0);
     for histogram in
         [names::BATCH_ENTRIES, names::CALL_LATENCY, names::PACING_WAIT, names::PERSIST_LATENCY, names::PERSIST_ROWS]
     {
@@ -289,7 +288,9 @@ pub(crate) fn register_app_zeros(app: u64) {
     for outcome in ["succeeded", "dead_lettered", "invalid", "duplicate", "returned"] {
         metrics::counter!(names::JOBS, "app" => app.to_string(), "outcome" => outcome).absolute(0);
     }
-    for gauge in [names::APP_PAUSED, names::APP_STOPPED, names::CREDENTIAL_STOPPED] {
+    metrics::counter!(names::API_CALLS, "app" => app.to_string(), "error_code" => "0", "outcome" => "success")
+        .absolute(0);
+    for gauge in [names::APP_PAUSED, names::APP_STOPPED, names::CREDENTIAL_STOPPED, names::JOBS_IN_HAND] {
         metrics::gauge!(gauge, "app" => app.to_string()).set(0.0);
     }
 }

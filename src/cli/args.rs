@@ -159,7 +159,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100_000)]
     pub jobs: u64,
     /// What to measure, one after the other in this run (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [crate::ops::bench::Scenario::Paced, crate::ops::bench::Scenario::Unlimited])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [crate::ops::bench::Scenario::Paced, crate::ops::bench::Scenario::Apps, crate::ops::bench::Scenario::Unlimited])]
     pub scenario: Vec<crate::ops::bench::Scenario>,
     #[arg(long, default_value_t = 50)]
     pub latency_ms: u64,
@@ -173,6 +173,9 @@ pub struct BenchArgs {
     /// Worker processes on the queue (more than one share the rate through PostgreSQL).
     #[arg(long, default_value_t = 1)]
     pub workers: u32,
+    /// Apps in the `apps` scenario, each with `--jobs` jobs and `--max-calls-per-second`, all in one worker process.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub apps: u32,
     #[arg(long, value_enum, default_value_t = crate::config::QueueType::Quorum)]
     pub queue_type: crate::config::QueueType,
 }

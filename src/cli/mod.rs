@@ -106,6 +106,7 @@ pub async fn run(cli: Cli) -> i32 {
                 max_calls_per_second: args.max_calls_per_second,
                 scenarios: if args.unlimited { vec![ops::bench::Scenario::Unlimited] } else { args.scenario },
                 workers: args.workers,
+                apps: args.apps,
                 queue_type: args.queue_type,
             })
             .await,

@@ -41,7 +41,14 @@ async fn tag_call(sim: Simulator, call: Call, query: HashMap<String, String>, bo
     let accounts = rules::accounts_of(&body);
     let extra = {
         let mut ledger = sim.ledger();
-        let seen = SeenCall { arrived, path: call.path(), entries: accounts.len(), accounts, error_code: verdict.code };
+        let seen = SeenCall {
+            arrived,
+            path: call.path(),
+            sdkappid: query.get("sdkappid").and_then(|app| app.parse().ok()),
+            entries: accounts.len(),
+            accounts,
+            error_code: verdict.code,
+        };
         ledger.calls.push(seen);
         Duration::from_millis(ledger.faults.extra_latency_ms)
     };

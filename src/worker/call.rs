@@ -174,7 +174,7 @@ async fn call_with_retry(
             started + ctx.retry.max_elapsed
         });
         let listed = listed_here(&report, &pending);
-        record_call_metrics(&report, &listed, pending.len(), attempt);
+        record_call_metrics(ctx.api.sdkappid(), &report, &listed, pending.len(), attempt);
         calls.push(call_row(call_id, &report, &listed, pending.len(), attempt));
         for entry in pending.entries() {
             carried.entry(entry.part).or_default().push(call_id);
@@ -375,13 +375,20 @@ fn call_row(
     }
 }
 
-fn record_call_metrics(report: &CallReport, listed: &HashMap<Arc<str>, CallError>, entries: usize, attempt: i32) {
+fn record_call_metrics(
+    app: &str,
+    report: &CallReport,
+    listed: &HashMap<Arc<str>, CallError>,
+    entries: usize,
+    attempt: i32,
+) {
     let (code, class) = match &report.outcome {
         Ok(()) if listed.is_empty() => (0, "success"),
         Ok(()) => (0, PARTIAL),
         Err(error) => (error.failure().error_code, error.class()),
     };
-    metrics::counter!(names::API_CALLS, "error_code" => code.to_string(), "outcome" => class).increment(1);
+    metrics::counter!(names::API_CALLS, "app" => app.to_owned(), "error_code" => code.to_string(), "outcome" => class)
+        .increment(1);
     metrics::histogram!(names::CALL_LATENCY).record(report.latency.as_secs_f64());
     metrics::histogram!(names::BATCH_ENTRIES).record(entries as f64);
     if attempt > 1 {

@@ -398,7 +398,7 @@ impl Coordinator {
         let connected = self.channel.status().connected();
         self.health.set_broker(connected);
         self.settler.flush();
-        metrics::gauge!(names::JOBS_IN_HAND).set(self.settler.unsettled() as f64);
+        metrics::gauge!(names::JOBS_IN_HAND, "app" => self.sdkappid.to_string()).set(self.settler.unsettled() as f64);
         self.health.set_in_hand(self.sdkappid, self.settler.unsettled());
         self.log_progress();
         if !connected {

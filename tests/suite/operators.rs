@@ -201,7 +201,8 @@ async fn metrics_and_health_endpoints() {
     let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     for name in [
         "tagsweep_jobs_total{app=\"1400000000\",outcome=\"succeeded\"}",
-        "tagsweep_api_calls_total{error_code=\"0\",outcome=\"success\"}",
+        "tagsweep_api_calls_total{app=\"1400000000\",error_code=\"0\",outcome=\"success\"}",
+        "tagsweep_jobs_in_hand{app=\"1400000000\"}",
         "tagsweep_call_latency_seconds_bucket",
         "tagsweep_batch_entries_bucket",
         "tagsweep_pacing_wait_seconds_bucket",

@@ -23,12 +23,14 @@ pub(super) fn topology(tag: &str, queue_type: QueueType) -> Topology {
 }
 
 /// Publishes `jobs` distinct single-user jobs with confirms; returns jobs/s.
-pub(super) async fn preload(channel: &Channel, topology: &Topology, jobs: u64) -> Result<f64, OpsError> {
+/// Job ids and accounts start with `prefix`, so that several queues'
+/// jobs stay apart in one job table and one simulator.
+pub(super) async fn preload(channel: &Channel, topology: &Topology, jobs: u64, prefix: &str) -> Result<f64, OpsError> {
     let started = Instant::now();
     let mut publisher = crate::queue::JobPublisher::new(channel, topology, 2000);
     for i in 0..jobs {
-        let id = format!("b-{i}");
-        let body = serde_json::json!({"job_id": id, "account": format!("u{i}"), "tags": ["a"]});
+        let id = format!("{prefix}-{i}");
+        let body = serde_json::json!({"job_id": id, "account": format!("u{prefix}-{i}"), "tags": ["a"]});
         publisher.publish(body.to_string().as_bytes(), &id).await?;
     }
     publisher.finish().await?;

@@ -26,13 +26,21 @@ pub(super) struct Fleet<'a> {
     pub(super) amqp_url: &'a str,
     pub(super) database_url: &'a str,
     pub(super) sim: &'a Running,
-    pub(super) sdkappid: u64,
-    pub(super) key: &'a str,
+    pub(super) apps: Apps<'a>,
     pub(super) topology: &'a Topology,
     pub(super) queue_type: QueueType,
     /// The worker's `--max-calls-per-second`.
     pub(super) rate: u32,
     pub(super) workers: u32,
+}
+
+/// How the workers are told their apps.
+pub(super) enum Apps<'a> {
+    /// One app by the single-app variables (SDKAppID, key): the plain queue.
+    Flags(u64, &'a str),
+    /// An apps file of (SDKAppID, key), each app on its own queue, each
+    /// key in a variable of its own.
+    File(&'a [(u64, String)]),
 }
 
 /// What a drain measured.
@@ -75,16 +83,52 @@ struct Worker {
 }
 
 impl Fleet<'_> {
-    fn launch(&self) -> Result<Worker, OpsError> {
+    /// The apps file of [`Apps::File`], written where the workers read it.
+    fn apps_file(&self) -> Result<Option<tempfile::NamedTempFile>, OpsError> {
+        let Apps::File(apps) = self.apps else { return Ok(None) };
+        let mut text = String::new();
+        for (app, _) in apps {
+            text.push_str(&format!(
+                "[[app]]\nsdkappid = {app}\napi_base_url = {:?}\nsecret_key_env = \"{}\"\nmax_calls_per_second = {}\n\n",
+                self.sim.base_url(),
+                key_variable(*app),
+                self.rate
+            ));
+        }
+        let file = tempfile::Builder::new().prefix("tagsweep-bench-apps").suffix(".toml").tempfile()?;
+        std::fs::write(file.path(), text)?;
+        Ok(Some(file))
+    }
+
+    fn launch(&self, apps_file: Option<&std::path::Path>) -> Result<Worker, OpsError> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let topology = self.topology;
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        match self.apps {
+            Apps::Flags(sdkappid, key) => {
+                command
+                    .env("TAGSWEEP_API_BASE_URL", self.sim.base_url())
+                    .env("TAGSWEEP_SDKAPPID", sdkappid.to_string())
+                    .env("TAGSWEEP_SECRET_KEY", key);
+            }
+            Apps::File(apps) => {
+                // The apps file describes every app: no single-app variable
+                // may come along from the bench's own environment.
+                for single in SINGLE_APP_VARIABLES {
+                    command.env_remove(single);
+                }
+                if let Some(path) = apps_file {
+                    command.env("TAGSWEEP_APPS_FILE", path);
+                }
+                for (app, key) in apps {
+                    command.env(key_variable(*app), key);
+                }
+            }
+        }
+        let mut child = command
             .arg("run")
             .env("AMQP_URL", self.amqp_url)
             .env("DATABASE_URL", self.database_url)
-            .env("TAGSWEEP_API_BASE_URL", self.sim.base_url())
-            .env("TAGSWEEP_SDKAPPID", self.sdkappid.to_string())
-            .env("TAGSWEEP_SECRET_KEY", self.key)
             .env("TAGSWEEP_EXCHANGE", &topology.exchange)
             .env("TAGSWEEP_QUEUE", &topology.queue)
             .env("TAGSWEEP_DEAD_LETTER_EXCHANGE", &topology.dead_letter_exchange)
@@ -108,9 +152,10 @@ impl Fleet<'_> {
     pub(super) async fn drain(&self, jobs: u64) -> Result<Drained, OpsError> {
         let launched_at = SystemTime::now();
         let launched = Instant::now();
+        let apps_file = self.apps_file()?;
         let mut workers = Vec::new();
         for _ in 0..self.workers.max(1) {
-            workers.push(self.launch()?);
+            workers.push(self.launch(apps_file.as_ref().map(|file| file.path()))?);
         }
         let pool = PgPool::connect(self.database_url).await?;
         let mut rss_peak_kib = 0;
@@ -209,6 +254,22 @@ impl Fleet<'_> {
             first_call,
         })
     }
+}
+
+/// The single app's variables, refused beside an apps file.
+const SINGLE_APP_VARIABLES: [&str; 7] = [
+    "TAGSWEEP_SDKAPPID",
+    "TAGSWEEP_REGION",
+    "TAGSWEEP_API_BASE_URL",
+    "TAGSWEEP_API_BACKUP_URL",
+    "TAGSWEEP_SECRET_KEY",
+    "TAGSWEEP_SECRET_KEY_FILE",
+    "TAGSWEEP_USERSIG",
+];
+
+/// The variable an app's key is passed in (the apps file names it).
+fn key_variable(app: u64) -> String {
+    format!("TAGSWEEP_BENCH_KEY_{app}")
 }
 
 /// Reads a worker's JSON log lines (passing them on with

@@ -8,6 +8,8 @@ use super::{BenchOptions, Measured, Scenario};
 
 /// Issue 11's targets.
 const PACED_JOBS_PER_SECOND: f64 = 9_800.0;
+/// Several apps in one worker against the one-app paced figure.
+const APPS_OVER_PACED: f64 = 2.5;
 const SHARE_OF_BARE: f64 = 0.40;
 const WORKER_CORES: f64 = 0.5;
 const WORKER_MIB: f64 = 64.0;
@@ -17,23 +19,35 @@ pub(super) fn render(options: &BenchOptions, measured: &[Measured]) -> String {
     for m in measured {
         scenario(&mut out, options, m);
     }
-    targets(&mut out, options, measured);
+    targets(&mut out, measured);
     out
 }
 
 fn scenario(out: &mut String, options: &BenchOptions, m: &Measured) {
     let d = &m.drained;
-    let jobs = options.jobs;
-    let mode = match m.scenario {
-        Scenario::Paced => {
-            format!("{} calls/s, {} ms ± {} ms", m.limit, m.latency.as_millis(), m.jitter.as_millis())
-        }
-        Scenario::Unlimited => "API limit lifted (10,000 calls/s, no latency)".to_owned(),
+    let jobs = m.jobs;
+    let (mode, workers) = match m.scenario {
+        Scenario::Paced => (
+            format!("{} calls/s, {} ms ± {} ms", m.limit, m.latency.as_millis(), m.jitter.as_millis()),
+            options.workers,
+        ),
+        Scenario::Apps => (
+            format!(
+                "{} apps at {} calls/s each, {} ms ± {} ms, {} jobs each on its own queue",
+                m.apps,
+                m.limit,
+                m.latency.as_millis(),
+                m.jitter.as_millis(),
+                jobs / u64::from(m.apps.max(1))
+            ),
+            1,
+        ),
+        Scenario::Unlimited => ("API limit lifted (10,000 calls/s, no latency)".to_owned(), options.workers),
     };
     let _ = writeln!(
         out,
-        "tagsweep bench {:?}: {jobs} jobs, {} worker(s), {:?} queue, {mode}",
-        m.scenario, options.workers, options.queue_type
+        "tagsweep bench {:?}: {jobs} jobs, {workers} worker(s), {:?} queue, {mode}",
+        m.scenario, options.queue_type
     );
     if let Some(bare) = m.bare {
         let _ = writeln!(out, "  bare consume-and-ack {bare:.0} msg/s (the same broker and queue type, nothing else)");
@@ -47,7 +61,7 @@ fn scenario(out: &mut String, options: &BenchOptions, m: &Measured) {
     let _ = writeln!(
         out,
         "  throughput       {:.0} jobs/s from the launch, {:.1} calls/s ({:.0} jobs/s from the first receipt)",
-        m.jobs_per_second(jobs),
+        m.jobs_per_second(),
         m.calls as f64 / d.from_launch,
         jobs as f64 / d.from_receipt
     );
@@ -59,7 +73,17 @@ fn scenario(out: &mut String, options: &BenchOptions, m: &Measured) {
         steps.join(", "),
         millis(d.first_call)
     );
-    let _ = writeln!(out, "  peak calls in any 1-second window: {} (server side)", m.peak);
+    if m.scenario == Scenario::Apps {
+        let apps: Vec<String> = m.peak_by_app.iter().map(|(app, peak)| format!("{app}: {peak}")).collect();
+        let _ = writeln!(
+            out,
+            "  peak calls in any 1-second window per app: {} (server side; all apps together {})",
+            apps.join(", "),
+            m.peak
+        );
+    } else {
+        let _ = writeln!(out, "  peak calls in any 1-second window: {} (server side)", m.peak);
+    }
     if let (Some(first), Some(last)) = (m.arrivals.first(), m.arrivals.last())
         && last.0.duration_since(first.0) > Duration::from_secs(3)
     {
@@ -115,19 +139,19 @@ fn scenario(out: &mut String, options: &BenchOptions, m: &Measured) {
         1000.0 * metric(&d.scraped, "tagsweep_pacing_wait_seconds_sum") / waits
     );
     if let Some(bare) = m.bare {
-        let _ = writeln!(out, "  tagsweep / bare  {:.0}%", 100.0 * m.jobs_per_second(jobs) / bare);
+        let _ = writeln!(out, "  tagsweep / bare  {:.0}%", 100.0 * m.jobs_per_second() / bare);
     }
 }
 
 /// Issue 11's targets against this run's figures.
-fn targets(out: &mut String, options: &BenchOptions, measured: &[Measured]) {
+fn targets(out: &mut String, measured: &[Measured]) {
     let mut lines = Vec::new();
-    let jobs = options.jobs;
+    let paced = measured.iter().find(|m| m.scenario == Scenario::Paced).map(Measured::jobs_per_second);
     for m in measured {
         let d = &m.drained;
         match m.scenario {
             Scenario::Paced => {
-                let rate = m.jobs_per_second(jobs);
+                let rate = m.jobs_per_second();
                 lines.push(check(
                     format!("paced: {rate:.0} jobs/s from the launch (≥ {PACED_JOBS_PER_SECOND:.0})"),
                     rate >= PACED_JOBS_PER_SECOND,
@@ -143,13 +167,45 @@ fn targets(out: &mut String, options: &BenchOptions, measured: &[Measured]) {
                     cores <= WORKER_CORES && mib <= WORKER_MIB,
                 ));
             }
+            Scenario::Apps => {
+                let rate = m.jobs_per_second();
+                match paced {
+                    Some(paced) => lines.push(check(
+                        format!(
+                            "apps: {} apps, {rate:.0} jobs/s from the launch = {:.2}× the one-app paced {paced:.0} (≥ {APPS_OVER_PACED}×)",
+                            m.apps,
+                            rate / paced
+                        ),
+                        rate / paced >= APPS_OVER_PACED,
+                    )),
+                    None => lines.push(format!(
+                        "-      apps: {} apps, {rate:.0} jobs/s from the launch (no paced figure in this run to set it beside)",
+                        m.apps
+                    )),
+                }
+                let most = m.peak_by_app.values().copied().max().unwrap_or(0);
+                lines.push(check(
+                    format!(
+                        "apps: each app's peak ≤ {} calls in any second at the server (highest {most}, {} of {} apps seen)",
+                        m.limit,
+                        m.peak_by_app.len(),
+                        m.apps
+                    ),
+                    most <= u64::from(m.limit) && m.peak_by_app.len() == m.apps as usize,
+                ));
+                let cores = d.cpu_seconds / d.from_launch;
+                let mib = d.rss_peak_kib as f64 / 1024.0;
+                lines.push(format!(
+                    "-      apps: worker {cores:.2} cores, {mib:.1} MiB (no target; the one-app figures are the bound)"
+                ));
+            }
             Scenario::Unlimited => {
                 if let Some(bare) = m.bare {
-                    let share = m.jobs_per_second(jobs) / bare;
+                    let share = m.jobs_per_second() / bare;
                     lines.push(check(
                         format!(
                             "unlimited: {:.0} jobs/s = {:.0}% of the bare loop's {bare:.0} msg/s (≥ {:.0}%)",
-                            m.jobs_per_second(jobs),
+                            m.jobs_per_second(),
                             100.0 * share,
                             100.0 * SHARE_OF_BARE
                         ),

@@ -376,8 +376,9 @@ async fn a_remembered_refusal_holds_only_its_app_until_resume_of_that_app() {
 
     // The restart, same keys: A flows, B stands by without a consumer.
     let mut config = apps.config(KEY_B);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    config.metrics_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    let addr = crate::helpers::free_local_addr();
+    config.metrics_addr = Some(addr);
+    let port = addr.port();
     let worker = apps.env.spawn_worker(config);
     let more: Vec<_> = (0..500).map(|i| job(&format!("a2-{i}"), &format!("va{i}"), &["t"])).collect();
     apps.publish(SDKAPPID, &more).await;

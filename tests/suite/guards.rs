@@ -37,7 +37,7 @@ async fn stops(env: &TestEnv) -> Vec<(i64, String, i32)> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    crate::helpers::free_local_addr().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

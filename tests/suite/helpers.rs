@@ -367,6 +367,12 @@ impl TestEnv {
 }
 
 /// A job body in the contract's format.
+/// A local address nothing listens on yet, for a worker's /metrics,
+/// /healthz and /readyz.
+pub(crate) fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
 pub(crate) fn job(id: &str, account: &str, tags: &[&str]) -> serde_json::Value {
     serde_json::json!({"job_id": id, "account": account, "tags": tags})
 }

@@ -189,8 +189,9 @@ async fn replay_from_the_table_and_audit_queries() {
 async fn metrics_and_health_endpoints() {
     let env = TestEnv::new().await;
     let mut config = env.config();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    config.metrics_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    let addr = crate::helpers::free_local_addr();
+    config.metrics_addr = Some(addr);
+    let port = addr.port();
     let worker = env.spawn_worker(config);
     env.publish_jobs(&[job("m1", "u1", &["a"])]).await;
     env.wait_for_rows(1, Duration::from_secs(10)).await;

@@ -129,8 +129,7 @@ async fn a_fresh_process_bursts_only_on_an_idle_schedule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_exports_its_clock_offset_from_start_up() {
     let env = TestEnv::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = crate::helpers::free_local_addr().to_string();
     let mut child = env
         .tagsweep_process()
         .args(["run", "--metrics-addr", &addr])

@@ -257,8 +257,7 @@ async fn prune_removes_old_terminal_rows_in_batches_and_keeps_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_is_described_and_present_at_zero_from_start_up() {
     let env = TestEnv::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = crate::helpers::free_local_addr().to_string();
     let mut child = env
         .tagsweep_process()
         .args(["run", "--metrics-addr", &addr])

@@ -34,7 +34,7 @@ where
 
 /// A free local port for a worker's /readyz.
 pub(super) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    crate::helpers::free_local_addr().port()
 }
 
 pub(super) async fn ready(port: u16) -> bool {

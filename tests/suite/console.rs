@@ -348,9 +348,9 @@ async fn pause_and_resume_from_the_command_line_are_fleet_wide_and_recorded() {
     assert_eq!(log, [("cli:bob".into(), "pause".into(), 1), ("cli:bob".into(), "resume".into(), 1)]);
 }
 
-/// Metric names the worker exports (src/telemetry.rs), as Prometheus sees them.
+/// Metric names the worker exports (src/telemetry/series.rs), as Prometheus sees them.
 fn exported_metrics() -> Vec<String> {
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/telemetry.rs")).unwrap();
+    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/telemetry/series.rs")).unwrap();
     source.split('"').filter(|s| s.starts_with("tagsweep_")).map(str::to_owned).collect()
 }
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use crate::helpers::{TestEnv, job};
+use crate::helpers::{TestEnv, job, row};
 use lapin::BasicProperties;
 use tagsweep::queue::{header_int, header_str};
 use tagsweep::sim::Faults;
@@ -13,14 +13,6 @@ use tagsweep::worker::WorkerError;
 
 fn faults_next(codes: &[i64]) -> Faults {
     Faults { next: codes.iter().copied().collect::<VecDeque<_>>(), ..Faults::default() }
-}
-
-async fn row(env: &TestEnv, id: &str) -> (String, i32, Option<i32>, Option<String>) {
-    sqlx::query_as("SELECT status, attempts, error_code, error_info FROM tag_removal_jobs WHERE job_id = $1")
-        .bind(id)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap_or_else(|e| panic!("no row for {id}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

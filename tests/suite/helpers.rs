@@ -367,6 +367,15 @@ impl TestEnv {
 }
 
 /// A job body in the contract's format.
+/// A job's row as the stories check it: status, attempts, error code and info.
+pub(crate) async fn row(env: &TestEnv, id: &str) -> (String, i32, Option<i32>, Option<String>) {
+    sqlx::query_as("SELECT status, attempts, error_code, error_info FROM tag_removal_jobs WHERE job_id = $1")
+        .bind(id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap_or_else(|e| panic!("no row for {id}: {e}"))
+}
+
 /// A local address nothing listens on yet, for a worker's /metrics,
 /// /healthz and /readyz.
 pub(crate) fn free_local_addr() -> std::net::SocketAddr {

@@ -6,19 +6,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use crate::helpers::{TestEnv, job};
+use crate::helpers::{TestEnv, job, row};
 use tagsweep::ApiFamily;
 use tagsweep::queue::{header_int, header_str};
 use tagsweep::sim::Faults;
 use tagsweep::worker::WorkerError;
-
-async fn row(env: &TestEnv, id: &str) -> (String, i32, Option<i32>, Option<String>) {
-    sqlx::query_as("SELECT status, attempts, error_code, error_info FROM tag_removal_jobs WHERE job_id = $1")
-        .bind(id)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap_or_else(|e| panic!("no row for {id}: {e}"))
-}
 
 /// How many calls the simulator saw carry each account.
 fn calls_per_account(env: &TestEnv) -> BTreeMap<String, usize> {
